@@ -1,0 +1,35 @@
+"""The ``llnode`` command."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: llnode <command> [options]
+
+commands:
+  loop      run a local Learning Loop server (llnode loop --help)
+  control   talk to a running local loop's control API (llnode control --help)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a sub-command; each keeps its own argument parser."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ('-h', '--help'):
+        print(USAGE, end='')
+        return 0
+    command, rest = args[0], args[1:]
+    if command == 'loop':
+        from llnode.localloop.command import loop_main
+
+        return loop_main(rest)
+    if command == 'control':
+        from llnode.localloop.command import control_main
+
+        return control_main(rest)
+    print(f'llnode: unknown command {command!r}\n\n{USAGE}', end='', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())
