@@ -1,0 +1,45 @@
+"""Package rules: the console script works, importing never configures logging or loads torch, no asyncio."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import llnode
+
+PACKAGE = Path(llnode.__file__).parent
+
+
+def test_console_script_prints_usage() -> None:
+    done = subprocess.run(['llnode', '--help'], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and 'loop' in done.stdout and 'control' in done.stdout
+    done = subprocess.run(['llnode', 'nonsense'], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and 'unknown command' in done.stderr
+
+
+def test_import_configures_no_logging_and_loads_no_torch() -> None:
+    modules = sorted(
+        '.'.join(p.relative_to(PACKAGE.parent).with_suffix('').parts)
+        for p in PACKAGE.rglob('*.py')
+        if p.name != '__main__.py'
+    )
+    code = (
+        'import importlib, logging, sys\n'
+        f'for name in {modules!r}:\n'
+        '    importlib.import_module(name.removesuffix(".__init__"))\n'
+        'assert logging.root.handlers == [], logging.root.handlers\n'
+        'assert logging.root.level == logging.WARNING\n'
+        'assert "torch" not in sys.modules\n'
+        'print("ok")\n'
+    )
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == 'ok'
+
+
+def test_no_asyncio_in_llnode() -> None:
+    pattern = re.compile(r'^\s*(import asyncio|from asyncio|async def )', re.MULTILINE)
+    offenders = [str(p) for p in PACKAGE.rglob('*.py') if pattern.search(p.read_text())]
+    assert offenders == []
