@@ -1,0 +1,224 @@
+"""``LocalLoop``: the local Learning Loop as an object you start, use and stop (tests, demos, ``llnode loop``).
+
+It serves the Flask app and the Socket.IO server (path ``/ws/socket.io``) from one WSGI server in a named
+background thread: waitress by default, which cannot upgrade to WebSocket (so Engine.IO does not offer upgrades
+and clients stay on long-polling), or werkzeug's threaded server with ``websocket=True``, which carries WebSocket
+through simple-websocket.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import socketio
+
+from llnode.config import Settings
+from llnode.localloop.app import LoopContext, create_app
+from llnode.localloop.generator import DEMO_ORGANIZATION, DEMO_PROJECT, seed_demo
+from llnode.localloop.sockets import NodeHub
+from llnode.localloop.store import Store
+
+logger = logging.getLogger('llnode.localloop.server')
+
+DEFAULT_DEMO_IMAGES = 120
+#: waitress task threads; every long-polling Socket.IO client holds one while it waits for packets
+WAITRESS_THREADS = 48
+
+
+class DelayMiddleware:
+    """Delays every HTTP answer by ``delay_ms`` so the local Loop behaves like a remote one."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], delay_ms: int, stopping: threading.Event) -> None:
+        self.app = app
+        self.delay = delay_ms / 1000.0
+        self.stopping = stopping
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if self.delay > 0:
+            self.stopping.wait(self.delay)
+        return self.app(environ, start_response)
+
+
+class LocalLoop:
+    """A local Learning Loop on ``host:port`` backed by ``data_dir``; restartable on the same folder and port."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        host: str = '127.0.0.1',
+        port: int = 0,
+        websocket: bool = False,
+        delay_ms: int = 0,
+        users: Sequence[tuple[str, str]] = (('u', 'p'),),
+        demo: bool = False,
+        demo_images: int = DEFAULT_DEMO_IMAGES,
+        seed: int = 0,
+        threads: int = WAITRESS_THREADS,
+    ) -> None:
+        if delay_ms < 0:
+            raise ValueError(f'delay_ms must not be negative, got {delay_ms}')
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.requested_port = port
+        self.websocket = websocket
+        self.delay_ms = delay_ms
+        self.users = [(str(name), str(password)) for name, password in users]
+        self.demo = demo
+        self.demo_images = demo_images
+        self.seed = seed
+        self.threads = threads
+        self.port = 0
+        self.store: Store = None  # type: ignore[assignment]  # set by start()
+        self.sio: socketio.Server = None  # set by start()
+        self.hub: NodeHub | None = None
+        self._context: LoopContext | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # owns start/stop transitions
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def host_port(self) -> str:
+        return f'{self.host}:{self.port}'
+
+    @property
+    def url(self) -> str:
+        return f'http://{self.host_port}'
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings for a node talking to this Loop: first user's credentials, project ``zauberzeug/demo``."""
+        username, password = self.users[0] if self.users else ('', '')
+        values: dict[str, Any] = {
+            'host': self.host_port,
+            'username': username,
+            'password': password,
+            'organization': DEMO_ORGANIZATION,
+            'project': DEMO_PROJECT,
+            'data_folder': self.data_dir.with_name(f'{self.data_dir.name}-node'),
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> LocalLoop:
+        """Open the store, seed, bind the port and serve in a background thread; returns once it serves."""
+        with self._lock:
+            if self.running:
+                raise RuntimeError('this LocalLoop is running already')
+            self.store = Store(self.data_dir)
+            try:
+                self.store.mark_all_nodes_disconnected()
+                for name, password in self.users:
+                    self.store.set_user(name, password)
+                self._bind_and_serve()
+            except BaseException:
+                self.store.close()
+                raise
+        return self
+
+    def _bind_and_serve(self) -> None:
+        hub = NodeHub(self.store, allow_upgrades=self.websocket)
+        context = LoopContext(self.store, hub)
+        wsgi: Any = socketio.WSGIApp(hub.sio, create_app(context), socketio_path='ws/socket.io')
+        if self.delay_ms:
+            wsgi = DelayMiddleware(wsgi, self.delay_ms, context.stopping)
+        if self.websocket:
+            from werkzeug.serving import make_server
+
+            server = make_server(self.host, self.requested_port, wsgi, threaded=True)
+            self.port = server.server_port
+            target = server.serve_forever
+        else:
+            import waitress
+
+            server = waitress.create_server(
+                wsgi,
+                host=self.host,
+                port=self.requested_port,
+                threads=self.threads,
+                channel_timeout=120,
+                ident='llnode-localloop',
+            )
+            self.port = int(server.effective_port)
+            target = server.run
+        if self.demo:
+            seed_demo(self.store, images=self.demo_images, seed=self.seed, host=self.host_port)
+        self.hub, self.sio, self._context, self._server = hub, hub.sio, context, server
+        self.requested_port = self.requested_port or self.port  # a restart reuses the port
+        self._thread = threading.Thread(target=target, name=f'llnode-localloop-{self.port}', daemon=True)
+        self._thread.start()
+        _wait_until_listening(self.host, self.port)
+        logger.info('local loop serving at %s (%s)', self.url, 'werkzeug+websocket' if self.websocket else 'waitress')
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Disconnect nodes, stop serving and release the port, within about ``timeout`` seconds."""
+        with self._lock:
+            if self._server is None:
+                return
+            server, thread, hub, context = self._server, self._thread, self.hub, self._context
+            self._server = None
+            if context is not None:
+                context.stopping.set()
+            if hub is not None:
+                hub.shutdown()
+            if self.websocket:
+                server.shutdown()  # returns once serve_forever has left its loop
+                server.server_close()
+            else:
+                _stop_waitress(server, timeout / 2)
+            if thread is not None:
+                thread.join(timeout)
+                if thread.is_alive():
+                    logger.warning('server thread %s did not stop within %.1f s', thread.name, timeout)
+            self._thread = None
+            self.store.close()
+            logger.info('local loop at port %d stopped', self.port)
+
+    def __enter__(self) -> LocalLoop:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _stop_waitress(server: Any, timeout: float) -> None:
+    """Let waitress's task threads finish (long-polls were released by the hub), then close its sockets from
+    inside its own loop thread, so that its loop ends with an empty socket map."""
+    from waitress import wasyncore
+
+    server.task_dispatcher.shutdown(timeout=timeout)
+    done = threading.Event()
+
+    def close_everything() -> None:
+        try:
+            wasyncore.close_all(server._map)
+        finally:
+            done.set()
+
+    try:
+        server.trigger.pull_trigger(close_everything)
+    except OSError:
+        close_everything()
+    if not done.wait(timeout):
+        logger.warning('waitress did not close its sockets within %.1f s; closing them from here', timeout)
+        close_everything()
+
+
+def _wait_until_listening(host: str, port: int, timeout: float = 10.0) -> None:
+    """The server thread binds before it starts; this confirms it accepts connections."""
+    with socket.create_connection((host, port), timeout=timeout):
+        pass
