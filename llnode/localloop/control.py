@@ -1,7 +1,311 @@
-"""The control API under ``/control``: what a person does in the Loop's web UI (filled in below)."""
+"""The control API under ``/control``: what a person does in the Loop's web UI, as JSON routes.
+
+Create projects, categories and users; look at images and annotate them; start, stop and abort trainings on
+connected trainers; choose a project's deployment target; see the nodes and what they last reported. Login (the
+``/api/login`` session cookie) is required for every route. ``llnode control`` is the command-line client.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import threading
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from llnode.localloop.app import context, require_login
+from llnode.localloop.errors import BadRequest, NotFound
+from llnode.localloop.store import IMAGE_STATES, check_slug
 
 control = Blueprint('control', __name__)
+
+PROJECT = '/projects/<organization>/<project>'
+NODE_COMMANDS = {'stop_training': 20.0, 'abort_training': 20.0, 'restart': 2.0}
+DEFAULT_HYPERPARAMETERS = {'resolution': 320, 'fliplr': 0.5, 'flipud': 0.0}
+CATEGORY_FIELDS = ('color', 'description', 'hotkey', 'point_size')
+
+#: serialises begin_training so that two requests never hand out the same training number
+_training_lock = threading.Lock()
+
+
+@control.before_request
+def _login_guard() -> None:
+    require_login()
+
+
+def _body() -> dict[str, Any]:
+    if not request.get_data(cache=True):
+        return {}
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest('expected a JSON object')
+    return body
+
+
+def _timeout(body: dict[str, Any], default: float) -> float:
+    value = body.get('timeout', default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 600:
+        raise BadRequest(f'"timeout" must be a number of seconds in (0, 600], got {value!r}')
+    return float(value)
+
+
+# ---------------------------------------------------------------------- projects, categories, users
+
+
+@control.get('/projects')
+def projects() -> Any:
+    return jsonify(projects=context().store.projects())
+
+
+@control.post('/projects')
+def create_project() -> Any:
+    body = _body()
+    store = context().store
+    organization = check_slug(body.get('organization', 'zauberzeug'), 'organization')
+    project = check_slug(body.get('project'), 'project')
+    categories = body.get('categories') or []
+    if not isinstance(categories, list) or not all(isinstance(c, dict) for c in categories):
+        raise BadRequest('"categories" must be a list of objects {name, type, color?, ...}')
+    store.create_project(organization, project)
+    for c in categories:
+        _add_category(organization, project, c)
+    return jsonify(organization=organization, project=project, categories=store.categories(organization, project)), 201
+
+
+@control.delete(PROJECT)
+def delete_project(organization: str, project: str) -> Any:
+    keep = request.args.get('keep_images', '').lower() in ('1', 'true', 'yes')
+    context().store.delete_project(organization, project, keep_images=keep)
+    return jsonify(deleted=f'{organization}/{project}')
+
+
+def _add_category(organization: str, project: str, body: dict[str, Any]) -> dict[str, Any]:
+    return context().store.add_category(
+        organization, project, body.get('name'), body.get('type', 'box'), **{k: body.get(k) for k in CATEGORY_FIELDS}
+    )
+
+
+@control.get(f'{PROJECT}/categories')
+def categories(organization: str, project: str) -> Any:
+    context().store.require_project(organization, project)
+    return jsonify(categories=context().store.categories(organization, project))
+
+
+@control.post(f'{PROJECT}/categories')
+def add_category(organization: str, project: str) -> Any:
+    return jsonify(_add_category(organization, project, _body())), 201
+
+
+@control.get('/users')
+def users() -> Any:
+    return jsonify(users=context().store.users())
+
+
+@control.post('/users')
+def set_user() -> Any:
+    body = _body()
+    username, password = body.get('username'), body.get('password')
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise BadRequest('expected {"username": str, "password": str}')
+    context().store.set_user(username, password)
+    return jsonify(username=body['username'])
+
+
+# ---------------------------------------------------------------------- images
+
+
+@control.get(f'{PROJECT}/images')
+def images(organization: str, project: str) -> Any:
+    store = context().store
+    store.require_project(organization, project)
+    state = request.args.get('state')
+    if state is not None and state not in IMAGE_STATES:
+        raise BadRequest(f'state must be one of {", ".join(IMAGE_STATES)}, got {state!r}')
+    ids = store.image_ids(organization, project, state)
+    items: list[dict[str, Any]] = []
+    for start in range(0, len(ids), 500):
+        items.extend(store.images(organization, project, ids[start : start + 500]))
+    return jsonify(images=items)
+
+
+@control.get(f'{PROJECT}/images/<image_id>')
+def image(organization: str, project: str, image_id: str) -> Any:
+    store = context().store
+    item = store.image(organization, project, image_id)
+    return jsonify({**item, 'detections': store.detections(organization, project, image_id)})
+
+
+@control.put(f'{PROJECT}/images/<image_id>')
+def update_image(organization: str, project: str, image_id: str) -> Any:
+    body = _body()
+    annotation_keys = ('box_annotations', 'point_annotations', 'segmentation_annotations', 'classification_annotation')
+    for key in annotation_keys[:3]:
+        if key in body and (not isinstance(body[key], list) or not all(isinstance(a, dict) for a in body[key])):
+            raise BadRequest(f'"{key}" must be a list of objects')
+    if body.get('classification_annotation') is not None and not isinstance(body['classification_annotation'], dict):
+        raise BadRequest('"classification_annotation" must be an object or null')
+    tags = body.get('tags')
+    if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
+        raise BadRequest('"tags" must be a list of strings')
+    item = context().store.update_image(
+        organization,
+        project,
+        image_id,
+        state=body.get('state'),
+        image_set=body.get('set'),
+        tags=tags,
+        annotations={k: body[k] for k in annotation_keys if k in body},
+    )
+    return jsonify(item)
+
+
+@control.get(f'{PROJECT}/detections')
+def detections(organization: str, project: str) -> Any:
+    context().store.require_project(organization, project)
+    return jsonify(detections=context().store.detections(organization, project, request.args.get('image_id')))
+
+
+@control.get(f'{PROJECT}/uploads')
+def uploads(organization: str, project: str) -> Any:
+    return jsonify(batches=context().store.upload_batches(organization, project))
+
+
+# ---------------------------------------------------------------------- models and deployment
+
+
+@control.get(f'{PROJECT}/models')
+def models(organization: str, project: str) -> Any:
+    context().store.require_project(organization, project)
+    return jsonify(models=context().store.models(organization, project, request.args.get('format') or None))
+
+
+@control.get(f'{PROJECT}/deployment')
+def deployment(organization: str, project: str) -> Any:
+    context().store.require_project(organization, project)
+    return jsonify(target=context().store.deployment_target(organization, project))
+
+
+@control.put(f'{PROJECT}/deployment')
+def set_deployment(organization: str, project: str) -> Any:
+    body = _body()
+    store = context().store
+    if body.get('model_id'):
+        model_id = body['model_id']
+    elif body.get('version'):
+        model_id = store.model_by_version(organization, project, str(body['version']))['id']
+    else:
+        raise BadRequest('give "model_id" or "version" (DELETE clears the target)')
+    return jsonify(target=store.set_deployment_target(organization, project, model_id))
+
+
+@control.delete(f'{PROJECT}/deployment')
+def clear_deployment(organization: str, project: str) -> Any:
+    context().store.set_deployment_target(organization, project, None)
+    return jsonify(target=None)
+
+
+# ---------------------------------------------------------------------- trainings and nodes
+
+
+@control.get(f'{PROJECT}/trainings')
+def trainings(organization: str, project: str) -> Any:
+    store = context().store
+    store.require_project(organization, project)
+    return jsonify(
+        trainings=store.trainings(organization, project), updates=store.training_updates(organization, project)
+    )
+
+
+def _training_categories(organization: str, project: str, wanted: Any) -> list[dict[str, Any]]:
+    available = context().store.categories(organization, project)
+    if wanted is None:
+        return available
+    if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
+        raise BadRequest('"categories" must be a list of category names or ids')
+    chosen = []
+    for w in wanted:
+        match = next((c for c in available if w in (c['id'], c['name'])), None)
+        if match is None:
+            raise NotFound(f'category {w!r} not found in {organization}/{project}')
+        chosen.append(match)
+    return chosen
+
+
+@control.post(f'{PROJECT}/trainings')
+def begin_training(organization: str, project: str) -> Any:
+    """Build ``begin_training`` details (loop-protocol §7.5.1) and send them to a connected trainer."""
+    body = _body()
+    store, hub = context().store, context().hub
+    store.require_project(organization, project)
+    hyperparameters = body.get('hyperparameters', DEFAULT_HYPERPARAMETERS)
+    if not isinstance(hyperparameters, dict):
+        raise BadRequest('"hyperparameters" must be an object')
+    model_variant = body.get('model_variant', '')
+    if not isinstance(model_variant, str):
+        raise BadRequest('"model_variant" must be a string')
+    base_model_uuid = body.get('base_model_uuid')
+    if body.get('base_model_version'):
+        base_model_uuid = store.model_by_version(organization, project, str(body['base_model_version']))['id']
+    if base_model_uuid is not None and not isinstance(base_model_uuid, str):
+        raise BadRequest('"base_model_uuid" must be a string or null')
+    categories = _training_categories(organization, project, body.get('categories'))
+    timeout = _timeout(body, 20.0)
+    sid = hub.resolve(body.get('node'), node_type='trainer', organization=organization, project=project)
+    with _training_lock:
+        number = store.next_training_number(organization, project)
+        details = {
+            'categories': categories,
+            'training_number': number,
+            'model_variant': model_variant,
+            'hyperparameters': hyperparameters,
+            'base_model_uuid': base_model_uuid,
+        }
+        ack = hub.send(sid, 'begin_training', organization, project, details, timeout=timeout)
+        accepted = isinstance(ack, dict) and ack.get('success') is True
+        node_id = next((n['id'] for n in hub.connected() if n['sid'] == sid), None)
+        store.add_training(organization, project, number, node_id=node_id, details=details, ack=ack, accepted=accepted)
+    return jsonify(training_number=number, node=node_id or sid, sid=sid, details=details, ack=ack, accepted=accepted)
+
+
+@control.post('/nodes/<node>/<command>')
+def node_command(node: str, command: str) -> Any:
+    """Send ``stop_training``, ``abort_training`` or ``restart`` to a connected node (id or sid)."""
+    if command not in NODE_COMMANDS:
+        raise NotFound(f'unknown node command {command!r}; known: {", ".join(NODE_COMMANDS)}')
+    timeout = _timeout(_body(), NODE_COMMANDS[command])
+    ack = context().hub.send(node, command, timeout=timeout)
+    return jsonify(node=node, event=command, ack=ack)
+
+
+@control.get('/nodes')
+def nodes() -> Any:
+    """Every node that reported a status, plus connections that did not report yet; ``connected`` is live."""
+    live = context().hub.connected()
+    live_by_id = {n['id']: n for n in live if n['id']}
+    listed = []
+    for n in context().store.nodes():
+        connection = live_by_id.get(n['id'])
+        listed.append(
+            {
+                **n,
+                'connected': connection is not None,
+                'sid': connection['sid'] if connection else n['sid'],
+                'name': n['status'].get('name') if isinstance(n['status'], dict) else None,
+            }
+        )
+    known = {n['id'] for n in listed}
+    for n in live:
+        if n['id'] not in known or n['id'] is None:
+            listed.append(
+                {
+                    'id': n['id'],
+                    'node_type': n['node_type'],
+                    'organization': n['organization'],
+                    'project': n['project'],
+                    'status': None,
+                    'updated': None,
+                    'connected': True,
+                    'sid': n['sid'],
+                    'name': n['name'],
+                }
+            )
+    return jsonify(nodes=listed)

@@ -137,7 +137,9 @@ class LocalLoop:
         if self.websocket:
             from werkzeug.serving import make_server
 
-            server = make_server(self.host, self.requested_port, wsgi, threaded=True)
+            server = make_server(
+                self.host, self.requested_port, wsgi, threaded=True, request_handler=_quiet_request_handler()
+            )
             self.port = server.server_port
             target = server.serve_forever
         else:
@@ -193,6 +195,17 @@ class LocalLoop:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _quiet_request_handler() -> type:
+    """werkzeug's request handler, logging to ``llnode.localloop.server`` (debug) instead of its own logger."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    class QuietRequestHandler(WSGIRequestHandler):
+        def log(self, type: str, message: str, *args: Any) -> None:
+            logger.debug('%s %s', self.address_string(), message % args)
+
+    return QuietRequestHandler
 
 
 def _stop_waitress(server: Any, timeout: float) -> None:

@@ -246,10 +246,14 @@ class NodeHub:
 
     def shutdown(self) -> None:
         """Disconnect every node (this also releases long-polling requests) and stop the background tasks."""
-        try:
-            self.sio.eio.disconnect()
-        except Exception:
-            logger.exception('disconnecting the Socket.IO clients failed')
+        # Engine.IO's own disconnect() waits until each polling client has fetched its close packet, which can
+        # block for good; closing each socket without waiting queues the close packet and releases pending polls.
+        for eio_socket in list(self.sio.eio.sockets.values()):
+            try:
+                eio_socket.close(wait=False)
+            except Exception:
+                logger.exception('closing Engine.IO socket %s failed', getattr(eio_socket, 'sid', '?'))
+        self.sio.eio.sockets.clear()
         with self._lock:
             self._nodes.clear()
         self.sio.shutdown()

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llnode.durable import remove_stale_temps, write_bytes
 from llnode.localloop import demo
 from llnode.localloop.errors import BadRequest, Conflict, NotFound, Unprocessable
 
@@ -94,26 +95,6 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
 
 
-def durable_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def check_slug(value: Any, what: str) -> str:
     """Organisation, project and format ids end up in paths: letters, digits, ``_ . -`` only."""
     if not isinstance(value, str) or not SLUG.match(value) or '..' in value:
@@ -141,6 +122,8 @@ class Store:
         self._pepper = secrets.token_bytes(32)  # keys the in-memory cache of verified passwords
         self._verified: dict[str, bytes] = {}
         self._closed = False
+        for folder in (*self.data_dir.glob('images/*/*'), *self.data_dir.glob('models/*')):
+            remove_stale_temps(folder)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -369,7 +352,7 @@ class Store:
             for image_id, _state, image in prepared:
                 if image.get('jpeg') is not None:
                     path = self.image_path(organization, project, image_id)
-                    durable_write(path, image['jpeg'])
+                    write_bytes(path, image['jpeg'])
                     written.append(path)
             with self._tx() as db:
                 for image_id, state, image in prepared:
@@ -498,7 +481,7 @@ class Store:
                 height=recipe.get('height', demo.HEIGHT),
             )
         )
-        durable_write(path, jpeg)
+        write_bytes(path, jpeg)
         return jpeg
 
     def update_image(
@@ -721,7 +704,7 @@ class Store:
             ).fetchone():
                 raise Conflict({'id': model_id, 'message': f'model {model_id} already has format {model_format}'})
             # the lock is held while writing so that two uploads of one format cannot both write the file
-            durable_write(self.model_path(model_id, model_format), zip_bytes)
+            write_bytes(self.model_path(model_id, model_format), zip_bytes)
             with self._tx() as db:
                 db.execute(
                     'INSERT INTO model_formats (model_id, format, created) VALUES (?, ?, ?)',
@@ -741,7 +724,7 @@ class Store:
     def next_training_number(self, organization: str, project: str) -> int:
         row = self._one(
             'SELECT MAX(n) AS n FROM (SELECT MAX(number) AS n FROM trainings WHERE organization = ? AND project = ? '
-            'AND accepted = 1 UNION ALL SELECT MAX(training_number) FROM models WHERE organization = ? AND '
+            'UNION ALL SELECT MAX(training_number) FROM models WHERE organization = ? AND '
             'project = ?)',
             (organization, project, organization, project),
         )

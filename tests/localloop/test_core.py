@@ -9,15 +9,7 @@ from PIL import Image
 
 from llnode.localloop import LocalLoop
 from tests.conftest import SMALL_DEMO_IMAGES
-
-PROJECT = '/api/zauberzeug/projects/demo'
-
-
-def login(loop: LocalLoop, username: str = 'u', password: str = 'p') -> requests.Session:
-    session = requests.Session()
-    response = session.post(f'{loop.url}/api/login', data={'username': username, 'password': password}, timeout=10)
-    assert response.status_code == 200, response.text
-    return session
+from tests.localloop.helpers import PROJECT, login
 
 
 def test_status_is_open_and_login_sets_a_session_cookie(local_loop: LocalLoop) -> None:

@@ -1,0 +1,344 @@
+"""``llnode loop`` (run a local Loop) and ``llnode control`` (drive its control API) on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8080
+DEFAULT_DATA = './llnode-loop-data'
+DEFAULT_USER = ('u', 'p')
+DEFAULT_URL = f'http://127.0.0.1:{DEFAULT_PORT}'
+
+
+def _user(text: str) -> tuple[str, str]:
+    name, sep, password = text.partition(':')
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f'expected NAME:PASSWORD, got {text!r}')
+    return name, password
+
+
+# ---------------------------------------------------------------------- llnode loop
+
+
+def loop_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='llnode loop',
+        description='Run a local Learning Loop: REST API under /api, Socket.IO at /ws/socket.io, control API under '
+        '/control. Serves until SIGINT/SIGTERM; everything is kept in the data folder.',
+    )
+    parser.add_argument('--host', default='127.0.0.1', help='address to listen on (default: %(default)s)')
+    parser.add_argument(
+        '--port', type=int, default=DEFAULT_PORT, help='port to listen on, 0 for any free port (default: %(default)s)'
+    )
+    parser.add_argument(
+        '--data',
+        type=Path,
+        default=Path(DEFAULT_DATA),
+        help='data folder: SQLite database, images, models (default: %(default)s)',
+    )
+    parser.add_argument('--demo', action='store_true', help='seed the demo project zauberzeug/demo unless it exists')
+    parser.add_argument(
+        '--demo-images',
+        type=int,
+        default=120,
+        metavar='N',
+        help='complete images of the demo project (default: %(default)s)',
+    )
+    parser.add_argument('--seed', type=int, default=0, help='seed of the demo images (default: %(default)s)')
+    parser.add_argument(
+        '--user',
+        type=_user,
+        action='append',
+        default=[],
+        metavar='NAME:PASSWORD',
+        help='create or update a user at start (repeatable; default: u:p when none is given)',
+    )
+    parser.add_argument(
+        '--websocket',
+        action='store_true',
+        help="serve with werkzeug's threaded server, which carries WebSocket (default: waitress, long-polling only)",
+    )
+    parser.add_argument(
+        '--delay-ms',
+        type=int,
+        default=0,
+        metavar='N',
+        help='delay every HTTP answer by N ms, like a remote Loop (default: %(default)s)',
+    )
+    parser.add_argument('--log-level', default='INFO', help='logging level (default: %(default)s)')
+    return parser
+
+
+def loop_main(argv: list[str]) -> int:
+    """Run a local Loop until SIGINT or SIGTERM; 0 after a clean stop, 1 if it cannot start."""
+    args = loop_parser().parse_args(argv)
+    if args.delay_ms < 0 or args.demo_images < 0:
+        print('llnode loop: --delay-ms and --demo-images must not be negative', file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    from llnode.localloop import LocalLoop
+    from llnode.localloop.generator import DEMO_ORGANIZATION, DEMO_PROJECT
+
+    users = args.user or [DEFAULT_USER]
+    loop = LocalLoop(
+        args.data,
+        host=args.host,
+        port=args.port,
+        websocket=args.websocket,
+        delay_ms=args.delay_ms,
+        users=users,
+        demo=args.demo,
+        demo_images=args.demo_images,
+        seed=args.seed,
+    )
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        logging.getLogger('llnode.localloop').info('received %s, stopping', signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            loop.start()
+        except OSError as e:
+            print(
+                f'llnode loop: cannot serve on {args.host}:{args.port}: {e} (try --port 0 for any free port)',
+                file=sys.stderr,
+            )
+            return 1
+        name, password = users[0]
+        print(f'llnode local loop at {loop.url} (data: {args.data.resolve()})')
+        print(f'LOOP_HOST={loop.host_port}')
+        print(f'LOOP_USERNAME={name}')
+        print(f'LOOP_PASSWORD={password}')
+        print(f'LOOP_ORGANIZATION={DEMO_ORGANIZATION}')
+        print(f'LOOP_PROJECT={DEMO_PROJECT}', flush=True)
+        while not stop.wait(1.0):
+            pass
+        loop.stop()
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# ---------------------------------------------------------------------- llnode control
+
+
+def control_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='llnode control', description="Drive a running local Loop's control API (prints JSON)."
+    )
+    parser.add_argument(
+        '--url',
+        default=os.environ.get('LLNODE_LOOP_URL', DEFAULT_URL),
+        help='URL of the local Loop (default: $LLNODE_LOOP_URL or %(default)s)',
+    )
+    parser.add_argument(
+        '--user', type=_user, default=DEFAULT_USER, metavar='NAME:PASSWORD', help='login (default: u:p)'
+    )
+    parser.add_argument('-o', '--organization', default='zauberzeug', help='default: %(default)s')
+    parser.add_argument('-p', '--project', default='demo', help='default: %(default)s')
+    parser.add_argument('--timeout', type=float, default=30.0, help='HTTP timeout in seconds (default: %(default)s)')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    sub.add_parser('status', help='is the Loop up?')
+    sub.add_parser('projects', help='list projects')
+    p = sub.add_parser('create-project', help='create the project (-o/-p) with categories')
+    p.add_argument(
+        '--category',
+        action='append',
+        default=[],
+        metavar='NAME[:TYPE[:COLOR]]',
+        help='category to create (repeatable; TYPE box|point|segmentation|classification)',
+    )
+    p = sub.add_parser('delete-project', help='delete the project (-o/-p)')
+    p.add_argument('--keep-images', action='store_true')
+    sub.add_parser('categories', help='list the categories of the project')
+    p = sub.add_parser('add-category', help='add a category to the project')
+    p.add_argument('name')
+    p.add_argument('--type', default='box')
+    p.add_argument('--color')
+    p.add_argument('--hotkey')
+    p.add_argument('--point-size', type=int)
+    sub.add_parser('users', help='list users')
+    p = sub.add_parser('add-user', help='create a user or change its password')
+    p.add_argument('credentials', type=_user, metavar='NAME:PASSWORD')
+    p = sub.add_parser('images', help='list the images of the project')
+    p.add_argument('--state', choices=('inbox', 'annotate', 'review', 'complete', 'trash'))
+    p.add_argument('--ids', action='store_true', help='print only the ids')
+    p = sub.add_parser('image', help='one image with its annotations and detections')
+    p.add_argument('image_id')
+    p = sub.add_parser('set-image', help="change an image's state, set or annotations")
+    p.add_argument('image_id')
+    p.add_argument('--state', choices=('inbox', 'annotate', 'review', 'complete', 'trash'))
+    p.add_argument('--set', dest='image_set', choices=('train', 'test'))
+    p.add_argument(
+        '--annotations',
+        metavar='JSON',
+        help='object with box_annotations / point_annotations / segmentation_annotations / '
+        'classification_annotation (replaces the kinds it names); @FILE reads a file',
+    )
+    sub.add_parser('models', help='list the models of the project')
+    sub.add_parser('trainings', help='list trainings and training updates of the project')
+    p = sub.add_parser('begin-training', help='start a training on a connected trainer')
+    p.add_argument('--node', help='trainer id or sid (default: the only trainer connected for the project)')
+    p.add_argument('--model-variant', default='')
+    p.add_argument('--hyperparameters', metavar='JSON')
+    p.add_argument('--base-model', metavar='UUID')
+    p.add_argument('--base-version', metavar='VERSION')
+    p.add_argument('--category', action='append', metavar='NAME_OR_ID', help='train only these (repeatable)')
+    p.add_argument('--ack-timeout', type=float, default=20.0)
+    for command in ('stop-training', 'abort-training', 'restart'):
+        p = sub.add_parser(command, help=f'send {command.replace("-", "_")} to a connected node')
+        p.add_argument('node', help='node id or sid')
+        p.add_argument('--ack-timeout', type=float)
+    p = sub.add_parser('deploy', help="set or clear the project's deployment target")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument('--model-id')
+    group.add_argument('--version')
+    group.add_argument('--clear', action='store_true')
+    sub.add_parser('deployment', help="show the project's deployment target")
+    sub.add_parser('nodes', help='list nodes with their last status and connection state')
+    sub.add_parser('uploads', help='list outbox batches received for the project')
+    return parser
+
+
+def _json_argument(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    if text.startswith('@'):
+        text = Path(text[1:]).read_text()
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise SystemExit(f'llnode control: {what} is not valid JSON: {e}') from None
+
+
+def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
+    """(method, path, json body) of a control command."""
+    project = f'/control/projects/{args.organization}/{args.project}'
+    c = args.command
+    if c == 'status':
+        return 'GET', '/api/status', None
+    if c == 'projects':
+        return 'GET', '/control/projects', None
+    if c == 'create-project':
+        categories = []
+        for text in args.category:
+            name, _, rest = text.partition(':')
+            type_, _, color = rest.partition(':')
+            categories.append({'name': name, 'type': type_ or 'box', 'color': color or None})
+        return (
+            'POST',
+            '/control/projects',
+            {'organization': args.organization, 'project': args.project, 'categories': categories},
+        )
+    if c == 'delete-project':
+        return 'DELETE', f'{project}?keep_images={str(args.keep_images).lower()}', None
+    if c == 'categories':
+        return 'GET', f'{project}/categories', None
+    if c == 'add-category':
+        return (
+            'POST',
+            f'{project}/categories',
+            {
+                'name': args.name,
+                'type': args.type,
+                'color': args.color,
+                'hotkey': args.hotkey,
+                'point_size': args.point_size,
+            },
+        )
+    if c == 'users':
+        return 'GET', '/control/users', None
+    if c == 'add-user':
+        return 'POST', '/control/users', {'username': args.credentials[0], 'password': args.credentials[1]}
+    if c == 'images':
+        return 'GET', f'{project}/images' + (f'?state={args.state}' if args.state else ''), None
+    if c == 'image':
+        return 'GET', f'{project}/images/{args.image_id}', None
+    if c == 'set-image':
+        body = dict(_json_argument(args.annotations, '--annotations') or {})
+        if args.state:
+            body['state'] = args.state
+        if args.image_set:
+            body['set'] = args.image_set
+        return 'PUT', f'{project}/images/{args.image_id}', body
+    if c == 'models':
+        return 'GET', f'{project}/models', None
+    if c == 'trainings':
+        return 'GET', f'{project}/trainings', None
+    if c == 'begin-training':
+        body = {
+            'node': args.node,
+            'model_variant': args.model_variant,
+            'base_model_uuid': args.base_model,
+            'base_model_version': args.base_version,
+            'timeout': args.ack_timeout,
+        }
+        if args.hyperparameters is not None:
+            body['hyperparameters'] = _json_argument(args.hyperparameters, '--hyperparameters')
+        if args.category:
+            body['categories'] = args.category
+        return 'POST', f'{project}/trainings', body
+    if c in ('stop-training', 'abort-training', 'restart'):
+        body = {} if args.ack_timeout is None else {'timeout': args.ack_timeout}
+        return 'POST', f'/control/nodes/{args.node}/{c.replace("-", "_")}', body
+    if c == 'deploy':
+        if args.clear:
+            return 'DELETE', f'{project}/deployment', None
+        return 'PUT', f'{project}/deployment', {'model_id': args.model_id, 'version': args.version}
+    if c == 'deployment':
+        return 'GET', f'{project}/deployment', None
+    if c == 'nodes':
+        return 'GET', '/control/nodes', None
+    if c == 'uploads':
+        return 'GET', f'{project}/uploads', None
+    raise SystemExit(f'llnode control: unknown command {c!r}')  # argparse prevents this
+
+
+def control_main(argv: list[str]) -> int:
+    """Run one control command; 0 on success, 1 on an error answer or no answer, 2 on bad usage."""
+    import requests
+
+    args = control_parser().parse_args(argv)
+    method, path, body = _request(args)
+    url = args.url.rstrip('/')
+    try:
+        with requests.Session() as session:
+            login = session.post(
+                f'{url}/api/login', data={'username': args.user[0], 'password': args.user[1]}, timeout=args.timeout
+            )
+            if login.status_code != 200:
+                print(
+                    f'llnode control: login as {args.user[0]!r} failed: {login.status_code} {login.text.strip()}',
+                    file=sys.stderr,
+                )
+                return 1
+            response = session.request(method, f'{url}{path}', json=body, timeout=args.timeout)
+    except requests.RequestException as e:
+        print(f'llnode control: no answer from {url}: {e}', file=sys.stderr)
+        return 1
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = response.text
+    if not response.ok:
+        detail = answer.get('detail', answer) if isinstance(answer, dict) else answer
+        print(f'llnode control: {method} {path} -> {response.status_code}: {detail}', file=sys.stderr)
+        return 1
+    if args.command == 'images' and args.ids:
+        for item in answer['images']:
+            print(item['id'])
+    else:
+        print(json.dumps(answer, indent=2))
+    return 0
