@@ -7,6 +7,8 @@ point C18), and failed or corrupt image downloads are reported by id.
 
 from __future__ import annotations
 
+import binascii
+import io
 import json
 import logging
 import mimetypes
@@ -19,7 +21,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import ExitStack, closing
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -308,12 +310,8 @@ class DataExchange:
         path = self.client.project_url(
             f'/trainings/{training_number}/models/latest/{_path_part(model_format, "model_format")}/file'
         )
-        with ExitStack() as stack:
-            parts: list[tuple[str, tuple[str, IO[bytes], str]]] = []
-            for file_path in paths:
-                content_type = mimetypes.guess_type(file_path.name)[0] or 'application/octet-stream'
-                parts.append(('files', (file_path.name, stack.enter_context(open(file_path, 'rb')), content_type)))
-            response = self.client.request('PUT', path, files=parts)
+        with MultipartFiles('files', paths) as body:
+            response = self.client.request('PUT', path, data=body, headers={'Content-Type': body.content_type})
         with closing(response):
             if response.status_code == 409:
                 existing = _conflict_model_id(response)
@@ -371,6 +369,105 @@ class DataExchange:
                 raise_for_status(response)
             if on_slice is not None:
                 on_slice(next_index)
+
+
+class MultipartFiles(io.RawIOBase):
+    """A ``multipart/form-data`` body of files, read from disk as it is sent instead of built in memory.
+
+    Every file becomes one part named ``field`` with its basename as filename and a content type guessed from the
+    extension, byte for byte as requests/urllib3 would encode it. The length is known up front (Content-Length,
+    no chunked encoding) and the body is seekable, so a retry can send it again. A file that changes size while it
+    is sent raises :class:`OSError` rather than sending a body that does not match its length.
+    """
+
+    def __init__(self, field: str, paths: Sequence[Path], *, boundary: str | None = None) -> None:
+        super().__init__()
+        self.boundary = boundary or binascii.hexlify(os.urandom(16)).decode()
+        self.content_type = f'multipart/form-data; boundary={self.boundary}'
+        self._segments: list[bytes | tuple[Path, int]] = []
+        for path in paths:
+            content_type = mimetypes.guess_type(path.name)[0] or 'application/octet-stream'
+            head = (
+                f'--{self.boundary}\r\n'
+                f'Content-Disposition: form-data; name="{_quote_param(field)}"; filename="{_quote_param(path.name)}"'
+                f'\r\nContent-Type: {content_type}\r\n\r\n'
+            )
+            self._segments += [head.encode(), (path, path.stat().st_size), b'\r\n']
+        self._segments.append(f'--{self.boundary}--\r\n'.encode())
+        self._starts: list[int] = []
+        total = 0
+        for segment in self._segments:
+            self._starts.append(total)
+            total += len(segment) if isinstance(segment, bytes) else segment[1]
+        self._length = total
+        self._position = 0
+        self._open: tuple[int, io.BufferedReader] | None = None  # (segment index, handle) of the file being read
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
+        self._position = min(max(0, base + offset), self._length)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast('B')
+        filled = 0
+        while filled < len(view) and self._position < self._length:
+            index = max(i for i, start in enumerate(self._starts) if start <= self._position)
+            offset = self._position - self._starts[index]
+            segment = self._segments[index]
+            if isinstance(segment, bytes):
+                chunk = segment[offset : offset + len(view) - filled]
+                view[filled : filled + len(chunk)] = chunk
+                count = len(chunk)
+            else:
+                handle = self._file(index)
+                handle.seek(offset)
+                count = handle.readinto(view[filled : filled + min(len(view) - filled, segment[1] - offset)]) or 0
+                if count == 0:
+                    raise OSError(f'{segment[0]} became shorter while it was being uploaded')
+            filled += count
+            self._position += count
+        return filled
+
+    def _file(self, index: int) -> io.BufferedReader:
+        if self._open is not None and self._open[0] == index:
+            return self._open[1]
+        self._close_file()
+        segment = self._segments[index]
+        assert not isinstance(segment, bytes)
+        path, size = segment
+        handle = open(path, 'rb')  # noqa: SIM115  (kept open across reads; closed by _close_file)
+        if os.fstat(handle.fileno()).st_size != size:
+            handle.close()
+            raise OSError(f'{path} changed size while it was being uploaded')
+        self._open = (index, handle)
+        return handle
+
+    def _close_file(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def close(self) -> None:
+        self._close_file()
+        super().close()
+
+
+def _quote_param(value: str) -> str:
+    """A multipart header parameter value as browsers (and urllib3) write it: CR, LF and quotes percent-encoded."""
+    return value.translate({10: '%0A', 13: '%0D', 34: '%22'})
 
 
 def content_disposition_filename(header: str) -> str:

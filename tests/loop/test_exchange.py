@@ -14,12 +14,19 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+import urllib3
 from PIL import Image
 
 from llnode.config import Settings
 from llnode.localloop import demo
 from llnode.loop.errors import LoopHTTPError, LoopProtocolError, LoopTimeout, ModelArchiveError
-from llnode.loop.exchange import IMAGE_STATES, CorruptImageError, DataExchange, content_disposition_filename
+from llnode.loop.exchange import (
+    IMAGE_STATES,
+    CorruptImageError,
+    DataExchange,
+    MultipartFiles,
+    content_disposition_filename,
+)
 from llnode.loop.http import LoopClient
 from tests.loop.scripted_server import Reply, ScriptedServer, Seen, login_route
 
@@ -330,10 +337,13 @@ def test_model_upload_request_shape_and_errors(tmp_path: Path) -> None:
     routes = {('POST', '/api/login'): login_route(), ('PUT', route): lambda seen: answers.pop(0)}
     with ScriptedServer(routes) as server:
         exchange = DataExchange(LoopClient(scripted_settings(server)))
+        answers.append(Reply(429, b'{}', {'Retry-After': '0.05'}))  # the body is sent again in full after a 429
         answers.append(Reply(200, b'{"id": "new-model", "version": "1.3"}'))
         assert exchange.upload_model(7, 'yolo', files) == 'new-model'
-        (sent,) = server.requests_to('PUT', route)
-        assert sent.headers['content-type'].startswith('multipart/form-data')
+        throttled, sent = server.requests_to('PUT', route)
+        assert sent.body.replace(sent.body[2:34], b'B' * 32) == throttled.body.replace(throttled.body[2:34], b'B' * 32)
+        assert sent.headers['content-type'] == f'multipart/form-data; boundary={sent.body[2:34].decode()}'
+        assert int(sent.headers['content-length']) == len(sent.body)
         assert sent.body.count(b'name="files"') == 3
         for disposition in (b'filename="weights.bin"', b'filename="notes.txt"', b'filename="model.json"'):
             assert disposition in sent.body
@@ -364,6 +374,36 @@ def test_model_upload_request_shape_and_errors(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match='model_format'):
             exchange.upload_model(7, 'a/b', files)
         assert server.count('PUT', route) == count
+
+
+def test_multipart_body_matches_urllib3_and_streams_from_disk(tmp_path: Path) -> None:
+    contents = {'weights.bin': bytes(range(256)) * 300, 'na"me.txt': b'hello', 'model.json': b'{}'}
+    paths = []
+    for name, content in contents.items():
+        (tmp_path / name).write_bytes(content)
+        paths.append(tmp_path / name)
+    fields = [urllib3.fields.RequestField('files', content, filename=name) for name, content in contents.items()]
+    for field, name in zip(fields, contents, strict=True):
+        field.make_multipart(content_type='text/plain' if name.endswith('.txt') else
+                             'application/json' if name.endswith('.json') else 'application/octet-stream')  # fmt: skip
+    expected, content_type = urllib3.encode_multipart_formdata(fields, boundary='b0undary')
+
+    with MultipartFiles('files', paths, boundary='b0undary') as body:
+        assert body.content_type == content_type
+        assert len(body) == len(expected)
+        chunks = []
+        while chunk := body.read(1000):  # odd block size: reads cross part borders
+            chunks.append(chunk)
+        assert b''.join(chunks) == expected
+        body.seek(0)
+        assert body.read() == expected
+        body.seek(-10, 2)
+        assert body.read() == expected[-10:]
+
+        body.seek(0)
+        (tmp_path / 'weights.bin').write_bytes(b'short')  # the file changes after the length was announced
+        with pytest.raises(OSError, match='changed size'):
+            body.read()
 
 
 # -- detections --------------------------------------------------------------------------------------------
