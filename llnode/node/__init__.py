@@ -1,0 +1,28 @@
+"""What every llnode node shares: lifecycle, the repeat thread, the node uuid, the Flask app and serving.
+
+``Node`` is the base class; the errors map to HTTP statuses in the app's one error handler.
+"""
+
+from __future__ import annotations
+
+from llnode.node.errors import (
+    BadRequest,
+    NodeHTTPError,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from llnode.node.node import Node
+
+__all__ = [
+    'BadRequest',
+    'Node',
+    'NodeHTTPError',
+    'NotFound',
+    'PayloadTooLarge',
+    'Unavailable',
+    'Unprocessable',
+    'UnsupportedMediaType',
+]
