@@ -1,0 +1,168 @@
+"""A node's web app: one Flask app built from blueprints, one place that turns exceptions into JSON, and the
+python-socketio server mounted beside it at ``/ws/socket.io``.
+
+Each node builds its app in one function, :func:`create_app`, from the blueprints its ``blueprints()`` hook
+returns (the common routes here; detect, models and outbox routes come from the detector). Errors never leave
+as HTML: llnode's :class:`~llnode.node.errors.NodeHTTPError` keeps its status, werkzeug's HTTP errors (404, 405,
+413 from ``MAX_CONTENT_LENGTH``) keep theirs, and anything else is a 500 ``{"detail": "internal error"}`` with
+the traceback in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import engineio
+import socketio
+from flask import Blueprint, Flask, Response, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from llnode.node.errors import BadRequest, NodeHTTPError
+
+if TYPE_CHECKING:
+    from llnode.node.node import Node
+
+logger = logging.getLogger('llnode.node.app')
+
+#: Where the Socket.IO server answers (the path the reference's clients use), without the leading slash as
+#: ``socketio.WSGIApp`` wants it.
+SOCKETIO_PATH = 'ws/socket.io'
+
+#: Largest Socket.IO message accepted (reference v0.18.2+): a batch of images travels in one message.
+SOCKETIO_MAX_BUFFER = 64 * 1024 * 1024
+
+
+class _EngineIOServer(engineio.Server):
+    """engineio's threading server whose threads carry a name, so a leaked or stuck one is attributable, and
+    whose ``sleep`` (a ping thread per client waits the ping interval with it) ends at ``shutdown()``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._shutting_down = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def sleep(self, seconds: float = 0) -> None:
+        self._shutting_down.wait(seconds)
+
+    def shutdown(self) -> None:
+        self._shutting_down.set()
+        super().shutdown()
+
+    def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
+        name = getattr(target, '__name__', 'task').strip('_')
+        thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True, name=f'llnode-node-sio-{name}')
+        thread.start()
+        return thread
+
+
+class _SocketIOServer(socketio.Server):
+    def _engineio_server_class(self) -> type[engineio.Server]:
+        return _EngineIOServer
+
+
+def create_socketio_server() -> socketio.Server:
+    """The node's Socket.IO server (threading mode, 64 MiB messages, the library's default CORS policy).
+
+    WebSocket upgrades are allowed; a node served by waitress switches them off (see ``Node.websocket_enabled``).
+    """
+    return _SocketIOServer(
+        async_mode='threading', max_http_buffer_size=SOCKETIO_MAX_BUFFER, logger=False, engineio_logger=False
+    )
+
+
+def create_app(blueprints: Iterable[Blueprint], *, max_request_bytes: int | None = None) -> Flask:
+    """The node's Flask app: the given blueprints, JSON errors, and a request size limit (413 above it)."""
+    app = Flask('llnode.node')
+    app.config['MAX_CONTENT_LENGTH'] = max_request_bytes
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False  # keys in the order the payload builds them, as the reference sends them
+    for blueprint in blueprints:
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    return app
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every error becomes JSON ``{"detail": ...}`` with a fitting status; never an HTML page."""
+    app.register_error_handler(NodeHTTPError, _node_error)
+    app.register_error_handler(HTTPException, _http_exception)
+    app.register_error_handler(Exception, _unexpected_error)
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """``payload`` as a JSON response (strings become JSON strings, as the reference answers ``"on"``)."""
+    return Response(json.dumps(payload), status=status, headers=headers, mimetype='application/json')
+
+
+def _node_error(error: NodeHTTPError) -> Response:
+    if error.status >= 500:
+        logger.warning('%s %s -> %d: %s', request.method, request.path, error.status, error.detail)
+    else:
+        logger.info('%s %s -> %d: %s', request.method, request.path, error.status, error.detail)
+    return json_response({'detail': error.detail}, error.status, error.headers)
+
+
+def _http_exception(error: HTTPException) -> WerkzeugResponse:
+    response = error.get_response()  # keeps headers such as Allow (405) and Location (redirects)
+    response.set_data(json.dumps({'detail': error.description or error.name}))
+    response.mimetype = 'application/json'
+    return response
+
+
+def _unexpected_error(error: Exception) -> Response:
+    logger.error('%s %s failed', request.method, request.path, exc_info=error)
+    return json_response({'detail': 'internal error'}, 500)
+
+
+def common_blueprint(node: Node) -> Blueprint:
+    """Routes every node serves: the reference's ``/debug_logging`` and ``/socketio``, plus health probes."""
+    blueprint = Blueprint('llnode_common', __name__)
+
+    @blueprint.get('/healthz')
+    def healthz() -> Response:
+        """Liveness: the process serves requests."""
+        return json_response({'status': 'ok'})
+
+    @blueprint.get('/readyz')
+    def readyz() -> Response:
+        """Readiness: the node can do its job now (running, Loop link up where needed, its own ``is_ready()``)."""
+        problem = node.readiness_problem()
+        if problem is not None:
+            return json_response({'detail': problem}, 503)
+        return json_response({'status': 'ready'})
+
+    @blueprint.put('/debug_logging')
+    def debug_logging() -> Response:
+        """``on``/``off`` switches the ``llnode`` logger tree between DEBUG and INFO."""
+        state = _on_off()
+        logging.getLogger('llnode').setLevel(logging.DEBUG if state == 'on' else logging.INFO)
+        logger.info('debug logging %s', state)
+        return json_response(state)
+
+    @blueprint.put('/socketio')
+    def socketio_switch() -> Response:
+        """``off`` disconnects the Loop socket (if any) and mutes the repeat cycle; ``on`` unmutes it."""
+        state = _on_off()
+        if state == 'off':
+            node.mute()
+        else:
+            node.unmute()
+        return json_response(state)
+
+    return blueprint
+
+
+def _on_off() -> str:
+    """The raw body ``on`` or ``off`` (surrounding whitespace ignored); anything else is a 400."""
+    try:
+        state = request.get_data(cache=False).decode('utf-8').strip()
+    except UnicodeDecodeError:
+        state = ''
+    if state not in ('on', 'off'):
+        raise BadRequest('Invalid state')
+    return state

@@ -1,0 +1,253 @@
+"""Serving a node's WSGI app with waitress or werkzeug's threaded server, stoppable within a bounded time.
+
+Both servers bind in the constructor (a port in use is an ``OSError`` there, before the node starts), serve in
+one named thread after ``start()``, and ``stop(timeout)`` ends that thread and every connection it opened.
+
+- **waitress** (the default): production grade, but it cannot hand a connection over to WebSocket, so
+  Socket.IO runs long-polling only. Its worker threads are waitress's own (``waitress-N``).
+- **werkzeug**: the threaded development server; it hands the raw socket to ``simple-websocket``, so Socket.IO
+  clients upgrade to WebSocket. Request threads are named ``llnode-http-N``. llnode binds the socket itself
+  (werkzeug would ``sys.exit(1)`` on a bind error) and logs requests at DEBUG under ``llnode.node.http``
+  (werkzeug's own logging would attach a handler to the ``werkzeug`` logger).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import socket
+import threading
+import time
+from typing import Any, Protocol
+
+logger = logging.getLogger('llnode.node.http')
+
+SERVERS = ('waitress', 'werkzeug')
+
+#: How often the serving loops look at their stop flag when nothing wakes them.
+POLL_INTERVAL_S = 0.2
+
+
+class HTTPServer(Protocol):
+    """What a node needs from a server: where it listens, start serving, stop within a time."""
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float) -> bool: ...
+
+
+def make_server(app: Any, host: str, port: int, *, server: str = 'waitress', threads: int = 8) -> HTTPServer:
+    """Bind ``host:port`` (port 0: any free port) for ``app`` with the named server; serving starts on ``start()``."""
+    if server not in SERVERS:
+        raise ValueError(f'server must be one of {", ".join(SERVERS)}, got {server!r}')
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f'port must be an integer from 0 to 65535, got {port!r}')
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f'threads must be a positive integer, got {threads!r}')
+    if server == 'waitress':
+        return WaitressServer(app, host, port, threads=threads)
+    return WerkzeugServer(app, host, port)
+
+
+class WaitressServer:
+    """waitress, driven by llnode's own loop so that the serving thread itself closes every channel on stop."""
+
+    def __init__(self, app: Any, host: str, port: int, *, threads: int = 8) -> None:
+        from waitress import wasyncore
+        from waitress.server import create_server
+        from waitress.trigger import trigger
+
+        self._asyncore = wasyncore
+        self._map: dict[int, Any] = {}
+        self._server = create_server(app, map=self._map, host=host, port=port, threads=threads)
+        self._adj = self._server.adj
+        self._dispatcher = self._server.task_dispatcher
+        self._trigger = trigger(self._map)  # wakes the loop at once on stop
+        # Guards pulling against closing the trigger: a pull on a closed (maybe reused) descriptor must not happen.
+        self._trigger_lock = threading.Lock()
+        self._trigger_closed = False
+        listen = getattr(self._server, 'effective_listen', None)
+        if listen:
+            self._address = (str(listen[0][0]), int(listen[0][1]))
+        else:
+            self._address = (str(self._server.effective_host), int(self._server.effective_port))
+        self._stop = threading.Event()
+        self._stop_deadline = 0.0
+        self._thread = threading.Thread(target=self._serve, name='llnode-http-waitress', daemon=True)
+        self._closed = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._address
+
+    def start(self) -> None:
+        self._thread.start()
+        logger.info('serving on http://%s:%d (waitress, Socket.IO long-polling only)', *self._address)
+
+    def stop(self, timeout: float) -> bool:
+        self._stop_deadline = time.monotonic() + max(0.0, timeout)
+        self._stop.set()
+        if not self._thread.is_alive():
+            if not self._thread.ident:  # never started: clean up here
+                self._close()
+            return True
+        with self._trigger_lock:
+            if not self._trigger_closed:
+                self._trigger.pull_trigger()
+        self._thread.join(max(0.0, timeout) + POLL_INTERVAL_S)
+        if self._thread.is_alive():
+            logger.warning('waitress did not stop within %.1f s', timeout)
+            return False
+        return True
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._loop_once(POLL_INTERVAL_S)
+        except Exception:
+            logger.exception('waitress serving loop failed')
+        finally:
+            self._close()
+
+    def _loop_once(self, timeout: float) -> None:
+        self._asyncore.loop(timeout=timeout, map=self._map, use_poll=self._adj.asyncore_use_poll, count=1)
+
+    def _close(self) -> None:
+        """Stop listening, let running requests finish (flushing their answers), then close every channel."""
+        if self._closed:
+            return
+        self._closed = True
+        from waitress.server import BaseWSGIServer
+
+        deadline = self._stop_deadline or time.monotonic()
+        for obj in list(self._map.values()):
+            if isinstance(obj, BaseWSGIServer):
+                # Only the listening socket: the server's trigger must stay usable for workers still answering.
+                self._asyncore.dispatcher.close(obj)
+        dispatcher = self._dispatcher
+        while (dispatcher.active_count > 0 or dispatcher.queue) and time.monotonic() < deadline:
+            self._loop_once(0.05)
+        dispatcher.shutdown(cancel_pending=True, timeout=max(0.1, deadline - time.monotonic()))
+        flush_until = min(deadline, time.monotonic() + 1.0)
+        while time.monotonic() < flush_until and any(
+            obj.writable() for obj in self._map.values() if obj is not self._trigger
+        ):
+            self._loop_once(0.05)
+        with self._trigger_lock:
+            self._trigger_closed = True
+            self._trigger.close()
+        self._asyncore.close_all(self._map)
+
+
+class WerkzeugServer:
+    """werkzeug's threaded server with named, tracked request threads; carries WebSocket for Socket.IO."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+        class RequestHandler(WSGIRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def log(self, type: str, message: str, *args: Any) -> None:
+                level = logging.ERROR if type == 'error' else logging.DEBUG
+                logger.log(level, '%s %s', self.address_string(), message % args if args else message)
+
+            def connection_dropped(self, error: BaseException, environ: Any = None) -> None:
+                # Also what engineio raises once a WebSocket it took over has ended: never read that socket again.
+                self.close_connection = True
+
+        connections: dict[threading.Thread, socket.socket] = {}
+        connections_lock = threading.Lock()
+        counter = itertools.count(1)
+
+        class Server(ThreadedWSGIServer):
+            def process_request(self, request: Any, client_address: Any) -> None:
+                thread = threading.Thread(
+                    target=self._serve_connection,
+                    args=(request, client_address),
+                    name=f'llnode-http-{next(counter)}',
+                    daemon=True,  # a connection that outlives stop() must not hold up interpreter exit
+                )
+                with connections_lock:
+                    connections[thread] = request
+                thread.start()
+
+            def _serve_connection(self, request: Any, client_address: Any) -> None:
+                try:
+                    self.process_request_thread(request, client_address)
+                finally:
+                    with connections_lock:
+                        connections.pop(threading.current_thread(), None)
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                logger.exception('error while serving %s', client_address)
+
+            def log(self, type: str, message: str, *args: Any) -> None:
+                logger.log(logging.ERROR if type == 'error' else logging.DEBUG, message, *args)
+
+        self._connections = connections
+        self._connections_lock = connections_lock
+        listener = _bind(host, port)
+        try:
+            self._server = Server(host, port, app, handler=RequestHandler, fd=listener.fileno())
+        finally:
+            listener.close()  # werkzeug works on its own duplicate of the descriptor
+        self._address = (str(self._server.server_address[0]), int(self._server.server_address[1]))
+        self._thread = threading.Thread(target=self._serve, name='llnode-http-werkzeug', daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._address
+
+    def start(self) -> None:
+        self._thread.start()
+        logger.info('serving on http://%s:%d (werkzeug, Socket.IO with WebSocket)', *self._address)
+
+    def stop(self, timeout: float) -> bool:
+        deadline = time.monotonic() + max(0.0, timeout)
+        if self._thread.is_alive():
+            self._server.shutdown()  # returns once serve_forever has left its loop (one poll interval)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        elif not self._thread.ident:
+            self._server.server_close()
+        # Idle keep-alive connections block their thread in recv(): shutting down the read side ends them, while
+        # a response being written still goes out.
+        with self._connections_lock:
+            open_connections = list(self._connections.items())
+        for _, conn in open_connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RD)
+        for thread, _ in open_connections:
+            if thread is not threading.current_thread():  # stop() called from a request handler
+                thread.join(max(0.0, deadline - time.monotonic()))
+        with self._connections_lock:
+            left = [t.name for t in self._connections if t is not threading.current_thread()]
+        if left or self._thread.is_alive():
+            logger.warning('werkzeug did not stop within %.1f s; still running: %s', timeout, left)
+            return False
+        return True
+
+    def _serve(self) -> None:
+        try:
+            self._server.serve_forever(poll_interval=POLL_INTERVAL_S)
+        except Exception:
+            logger.exception('werkzeug serving loop failed')
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``; an address in use or unknown host is an ``OSError`` here."""
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(infos[0][4])
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,56 @@
+"""A node program for the signal and exit-code tests: ``python node_script.py MODE DATA_FOLDER``.
+
+Modes: ``run`` (runs until a signal), ``restart`` (asks for a restart with code 3 on its first cycle),
+``slow-stop`` (its ``on_stop`` hangs, so only a second signal ends it), ``serve`` (serves with werkzeug on a
+free loopback port). It prints ``READY`` once started and ``RESTORED True`` if the signal handlers it had
+before ``run()`` are back afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from llnode.config import Settings
+from llnode.node import Node
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format='%(name)s %(message)s')
+    mode, data_folder = sys.argv[1], Path(sys.argv[2])
+
+    class ScriptNode(Node):
+        def on_start(self) -> None:
+            if mode != 'serve':
+                print('READY', flush=True)
+
+        def on_repeat(self) -> None:
+            if mode == 'restart':
+                self.request_restart(3)
+            if mode == 'serve' and self.server_address is not None:
+                print('READY', flush=True)
+
+        def on_stop(self) -> None:
+            print('STOPPING', flush=True)
+            if mode == 'slow-stop':
+                threading.Event().wait(60)
+
+    def own_handler(signum: int, frame: FrameType | None) -> None:
+        print('own handler called', flush=True)
+
+    signal.signal(signal.SIGTERM, own_handler)
+    node = ScriptNode('script node', settings=Settings(data_folder=data_folder), repeat_interval=0.05)
+    code = node.serve('127.0.0.1', 0, server='werkzeug') if mode == 'serve' else node.run()
+    restored = signal.getsignal(signal.SIGTERM) is own_handler and signal.getsignal(signal.SIGINT) is (
+        signal.default_int_handler
+    )
+    print(f'RESTORED {restored}', flush=True)
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())
