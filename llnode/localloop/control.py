@@ -7,11 +7,11 @@ connected trainers; choose a project's deployment target; see the nodes and what
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from flask import Blueprint, jsonify, request
 
+from llnode.localloop import trainings as trainings_module
 from llnode.localloop.app import context, require_login
 from llnode.localloop.errors import BadRequest, NotFound
 from llnode.localloop.store import IMAGE_STATES, check_slug
@@ -20,11 +20,7 @@ control = Blueprint('control', __name__)
 
 PROJECT = '/projects/<organization>/<project>'
 NODE_COMMANDS = {'stop_training': 20.0, 'abort_training': 20.0, 'restart': 2.0}
-DEFAULT_HYPERPARAMETERS = {'resolution': 320, 'fliplr': 0.5, 'flipud': 0.0}
 CATEGORY_FIELDS = ('color', 'description', 'hotkey', 'point_size')
-
-#: serialises begin_training so that two requests never hand out the same training number
-_training_lock = threading.Lock()
 
 
 @control.before_request
@@ -79,8 +75,11 @@ def delete_project(organization: str, project: str) -> Any:
 
 
 def _add_category(organization: str, project: str, body: dict[str, Any]) -> dict[str, Any]:
+    name = body.get('name')
+    if not isinstance(name, str):
+        raise BadRequest('a category needs a string "name"')
     return context().store.add_category(
-        organization, project, body.get('name'), body.get('type', 'box'), **{k: body.get(k) for k in CATEGORY_FIELDS}
+        organization, project, name, body.get('type', 'box'), **{k: body.get(k) for k in CATEGORY_FIELDS}
     )
 
 
@@ -215,55 +214,24 @@ def trainings(organization: str, project: str) -> Any:
     )
 
 
-def _training_categories(organization: str, project: str, wanted: Any) -> list[dict[str, Any]]:
-    available = context().store.categories(organization, project)
-    if wanted is None:
-        return available
-    if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
-        raise BadRequest('"categories" must be a list of category names or ids')
-    chosen = []
-    for w in wanted:
-        match = next((c for c in available if w in (c['id'], c['name'])), None)
-        if match is None:
-            raise NotFound(f'category {w!r} not found in {organization}/{project}')
-        chosen.append(match)
-    return chosen
-
-
 @control.post(f'{PROJECT}/trainings')
 def begin_training(organization: str, project: str) -> Any:
     """Build ``begin_training`` details (loop-protocol §7.5.1) and send them to a connected trainer."""
     body = _body()
-    store, hub = context().store, context().hub
-    store.require_project(organization, project)
-    hyperparameters = body.get('hyperparameters', DEFAULT_HYPERPARAMETERS)
-    if not isinstance(hyperparameters, dict):
-        raise BadRequest('"hyperparameters" must be an object')
-    model_variant = body.get('model_variant', '')
-    if not isinstance(model_variant, str):
-        raise BadRequest('"model_variant" must be a string')
-    base_model_uuid = body.get('base_model_uuid')
-    if body.get('base_model_version'):
-        base_model_uuid = store.model_by_version(organization, project, str(body['base_model_version']))['id']
-    if base_model_uuid is not None and not isinstance(base_model_uuid, str):
-        raise BadRequest('"base_model_uuid" must be a string or null')
-    categories = _training_categories(organization, project, body.get('categories'))
-    timeout = _timeout(body, 20.0)
-    sid = hub.resolve(body.get('node'), node_type='trainer', organization=organization, project=project)
-    with _training_lock:
-        number = store.next_training_number(organization, project)
-        details = {
-            'categories': categories,
-            'training_number': number,
-            'model_variant': model_variant,
-            'hyperparameters': hyperparameters,
-            'base_model_uuid': base_model_uuid,
-        }
-        ack = hub.send(sid, 'begin_training', organization, project, details, timeout=timeout)
-        accepted = isinstance(ack, dict) and ack.get('success') is True
-        node_id = next((n['id'] for n in hub.connected() if n['sid'] == sid), None)
-        store.add_training(organization, project, number, node_id=node_id, details=details, ack=ack, accepted=accepted)
-    return jsonify(training_number=number, node=node_id or sid, sid=sid, details=details, ack=ack, accepted=accepted)
+    result = trainings_module.begin_training(
+        context().store,
+        context().hub,
+        organization,
+        project,
+        node=body.get('node'),
+        model_variant=body.get('model_variant', ''),
+        hyperparameters=body.get('hyperparameters'),
+        base_model_uuid=body.get('base_model_uuid'),
+        base_model_version=body.get('base_model_version'),
+        categories=body.get('categories'),
+        timeout=_timeout(body, 20.0),
+    )
+    return jsonify(result)
 
 
 @control.post('/nodes/<node>/<command>')
@@ -279,33 +247,4 @@ def node_command(node: str, command: str) -> Any:
 @control.get('/nodes')
 def nodes() -> Any:
     """Every node that reported a status, plus connections that did not report yet; ``connected`` is live."""
-    live = context().hub.connected()
-    live_by_id = {n['id']: n for n in live if n['id']}
-    listed = []
-    for n in context().store.nodes():
-        connection = live_by_id.get(n['id'])
-        listed.append(
-            {
-                **n,
-                'connected': connection is not None,
-                'sid': connection['sid'] if connection else n['sid'],
-                'name': n['status'].get('name') if isinstance(n['status'], dict) else None,
-            }
-        )
-    known = {n['id'] for n in listed}
-    for n in live:
-        if n['id'] not in known or n['id'] is None:
-            listed.append(
-                {
-                    'id': n['id'],
-                    'node_type': n['node_type'],
-                    'organization': n['organization'],
-                    'project': n['project'],
-                    'status': None,
-                    'updated': None,
-                    'connected': True,
-                    'sid': n['sid'],
-                    'name': n['name'],
-                }
-            )
-    return jsonify(nodes=listed)
+    return jsonify(nodes=context().hub.nodes())

@@ -27,7 +27,12 @@ logger = logging.getLogger('llnode.localloop.server')
 
 DEFAULT_DEMO_IMAGES = 120
 #: waitress task threads; every long-polling Socket.IO client holds one while it waits for packets
-WAITRESS_THREADS = 48
+WAITRESS_THREADS = 24
+#: Engine.IO heartbeat. Shorter than python-engineio's 25 s / 20 s: a dead node shows as disconnected within
+#: 15 s, and a polling client whose disconnect races its own long-poll (python-engineio's client can leave one
+#: GET waiting for the next ping) is released within 5 s instead of 25 s.
+PING_INTERVAL = 5.0
+PING_TIMEOUT = 10.0
 
 
 class DelayMiddleware:
@@ -60,6 +65,8 @@ class LocalLoop:
         demo_images: int = DEFAULT_DEMO_IMAGES,
         seed: int = 0,
         threads: int = WAITRESS_THREADS,
+        ping_interval: float = PING_INTERVAL,
+        ping_timeout: float = PING_TIMEOUT,
     ) -> None:
         if delay_ms < 0:
             raise ValueError(f'delay_ms must not be negative, got {delay_ms}')
@@ -73,6 +80,8 @@ class LocalLoop:
         self.demo_images = demo_images
         self.seed = seed
         self.threads = threads
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.port = 0
         self.store: Store = None  # type: ignore[assignment]  # set by start()
         self.sio: socketio.Server = None  # set by start()
@@ -129,7 +138,9 @@ class LocalLoop:
         return self
 
     def _bind_and_serve(self) -> None:
-        hub = NodeHub(self.store, allow_upgrades=self.websocket)
+        hub = NodeHub(
+            self.store, allow_upgrades=self.websocket, ping_interval=self.ping_interval, ping_timeout=self.ping_timeout
+        )
         context = LoopContext(self.store, hub)
         wsgi: Any = socketio.WSGIApp(hub.sio, create_app(context), socketio_path='ws/socket.io')
         if self.delay_ms:
@@ -187,6 +198,30 @@ class LocalLoop:
             self._thread = None
             self.store.close()
             logger.info('local loop at port %d stopped', self.port)
+
+    # ------------------------------------------------------------------ acting like the Loop's web UI
+
+    def _running_hub(self) -> NodeHub:
+        if self.hub is None or self._server is None:
+            raise RuntimeError('the LocalLoop is not running')
+        return self.hub
+
+    def send(self, node: str, event: str, *args: Any, timeout: float = 20.0) -> Any:
+        """Call ``event`` on a connected node (by node id or sid); its ack, or None when none came in time."""
+        return self._running_hub().send(node, event, *args, timeout=timeout)
+
+    def begin_training(
+        self, organization: str = DEMO_ORGANIZATION, project: str = DEMO_PROJECT, **options: Any
+    ) -> dict[str, Any]:
+        """Start a training on a connected trainer, as the web UI does; see
+        :func:`llnode.localloop.trainings.begin_training` for ``options`` and the result."""
+        from llnode.localloop.trainings import begin_training
+
+        return begin_training(self.store, self._running_hub(), organization, project, **options)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Nodes with their last status and live connection state."""
+        return self._running_hub().nodes()
 
     def __enter__(self) -> LocalLoop:
         if not self.running:

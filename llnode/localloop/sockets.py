@@ -70,11 +70,15 @@ def _dict_arg(args: tuple[Any, ...], count: int, what: str) -> tuple[Any, ...]:
 class NodeHub:
     """Owns the ``socketio.Server`` and the table of connected nodes (guarded by ``_lock``)."""
 
-    def __init__(self, store: Store, *, allow_upgrades: bool) -> None:
+    def __init__(
+        self, store: Store, *, allow_upgrades: bool, ping_interval: float = 25.0, ping_timeout: float = 20.0
+    ) -> None:
         self.store = store
         self.sio = socketio.Server(
             async_mode='threading',
             allow_upgrades=allow_upgrades,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
             max_http_buffer_size=MAX_HTTP_BUFFER_SIZE,
             cors_allowed_origins='*',
             logger=False,
@@ -126,6 +130,43 @@ class NodeHub:
         """Connected nodes, oldest connection first."""
         with self._lock:
             return [n.describe() for n in sorted(self._nodes.values(), key=lambda n: n.connected_at)]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node that reported a status (newest report first), then connections that have not reported yet.
+
+        Each: ``{id, node_type, organization, project, name, status, updated, connected, sid}``; ``connected``
+        is live (this server's Socket.IO connections; REST-only detectors are never connected)."""
+        live = self.connected()
+        live_by_id = {n['id']: n for n in live if n['id']}
+        listed = []
+        for n in self.store.nodes():
+            connection = live_by_id.get(n['id'])
+            status = n['status']
+            listed.append(
+                {
+                    **n,
+                    'connected': connection is not None,
+                    'sid': connection['sid'] if connection else n['sid'],
+                    'name': status.get('name') if isinstance(status, dict) else None,
+                }
+            )
+        known = {n['id'] for n in listed}
+        for n in live:
+            if n['id'] is None or n['id'] not in known:
+                listed.append(
+                    {
+                        'id': n['id'],
+                        'node_type': n['node_type'],
+                        'organization': n['organization'],
+                        'project': n['project'],
+                        'name': n['name'],
+                        'status': None,
+                        'updated': None,
+                        'connected': True,
+                        'sid': n['sid'],
+                    }
+                )
+        return listed
 
     # ------------------------------------------------------------------ events from nodes
 
