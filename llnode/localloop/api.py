@@ -6,6 +6,7 @@ reference sends without cookies) and the model download (#7, no-login in the ref
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
@@ -39,9 +40,9 @@ def _json_body() -> Any:
     if not data:
         raise BadRequest('expected a JSON body')
     try:
-        return request.get_json(force=True, silent=False)
-    except Exception as e:
-        raise BadRequest(f'the body is not valid JSON: {getattr(e, "description", e)}') from e
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadRequest(f'the body is not valid JSON: {e}') from e
 
 
 def _project(organization: str, project: str) -> None:

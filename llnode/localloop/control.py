@@ -133,15 +133,66 @@ def image(organization: str, project: str, image_id: str) -> Any:
     return jsonify({**item, 'detections': store.detections(organization, project, image_id)})
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_annotations(organization: str, project: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The annotation kinds named in ``body``, each item checked and tied to a project category (by id or name)."""
+    categories = context().store.categories(organization, project)
+    coordinates = {
+        'box_annotations': ('x', 'y', 'width', 'height'),
+        'point_annotations': ('x', 'y'),
+        'segmentation_annotations': (),
+        'classification_annotation': (),
+    }
+    result: dict[str, Any] = {}
+    for key, needed in coordinates.items():
+        if key not in body:
+            continue
+        value = body[key]
+        if key == 'classification_annotation':
+            if value is not None and not isinstance(value, dict):
+                raise BadRequest('"classification_annotation" must be an object or null')
+            items = [] if value is None else [value]
+        elif not isinstance(value, list) or not all(isinstance(a, dict) for a in value):
+            raise BadRequest(f'"{key}" must be a list of objects')
+        else:
+            items = value
+        checked = []
+        for item in items:
+            category = next(
+                (c for c in categories if item.get('category_id') is not None and c['id'] == item.get('category_id')),
+                None,
+            ) or next(
+                (c for c in categories if item.get('category_id') is None and c['name'] == item.get('category_name')),
+                None,
+            )
+            if category is None:
+                raise BadRequest(
+                    f'"{key}": category {item.get("category_id") or item.get("category_name")!r} '
+                    f'is not a category of {organization}/{project}'
+                )
+            for c in needed:
+                if not _is_number(item.get(c)):
+                    raise BadRequest(f'"{key}": every item needs a numeric "{c}"')
+            if key == 'segmentation_annotations':
+                points = item.get('shape', {}).get('points') if isinstance(item.get('shape'), dict) else None
+                if not isinstance(points, list) or not all(
+                    isinstance(p, dict) and _is_number(p.get('x')) and _is_number(p.get('y')) for p in points
+                ):
+                    raise BadRequest('"segmentation_annotations": every item needs "shape": {"points": [{x, y}]}')
+            checked.append({**item, 'category_id': category['id'], 'category_name': category['name']})
+        result[key] = (checked[0] if checked else None) if key == 'classification_annotation' else checked
+    return result
+
+
 @control.put(f'{PROJECT}/images/<image_id>')
 def update_image(organization: str, project: str, image_id: str) -> Any:
+    """Change an image as a person would: ``state``, ``set``, ``tags`` and annotations (each kind named in the
+    body replaces that kind); annotation items name their category by ``category_id`` or ``category_name``."""
     body = _body()
-    annotation_keys = ('box_annotations', 'point_annotations', 'segmentation_annotations', 'classification_annotation')
-    for key in annotation_keys[:3]:
-        if key in body and (not isinstance(body[key], list) or not all(isinstance(a, dict) for a in body[key])):
-            raise BadRequest(f'"{key}" must be a list of objects')
-    if body.get('classification_annotation') is not None and not isinstance(body['classification_annotation'], dict):
-        raise BadRequest('"classification_annotation" must be an object or null')
+    context().store.require_project(organization, project)
     tags = body.get('tags')
     if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
         raise BadRequest('"tags" must be a list of strings')
@@ -152,7 +203,7 @@ def update_image(organization: str, project: str, image_id: str) -> Any:
         state=body.get('state'),
         image_set=body.get('set'),
         tags=tags,
-        annotations={k: body[k] for k in annotation_keys if k in body},
+        annotations=_checked_annotations(organization, project, body),
     )
     return jsonify(item)
 

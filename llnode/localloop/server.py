@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -186,13 +187,14 @@ class LocalLoop:
                 context.stopping.set()
             if hub is not None:
                 hub.shutdown()
+            deadline = time.monotonic() + timeout
             if self.websocket:
-                server.shutdown()  # returns once serve_forever has left its loop
+                server.shutdown()  # returns once serve_forever has left its loop (it polls every 0.5 s)
                 server.server_close()
             else:
                 _stop_waitress(server, timeout / 2)
             if thread is not None:
-                thread.join(timeout)
+                thread.join(max(0.1, deadline - time.monotonic()))
                 if thread.is_alive():
                     logger.warning('server thread %s did not stop within %.1f s', thread.name, timeout)
             self._thread = None
@@ -245,10 +247,10 @@ def _quiet_request_handler() -> type:
 
 def _stop_waitress(server: Any, timeout: float) -> None:
     """Let waitress's task threads finish (long-polls were released by the hub), then close its sockets from
-    inside its own loop thread, so that its loop ends with an empty socket map."""
+    inside its own loop thread, so that its loop ends with an empty socket map; about ``timeout`` seconds at most."""
     from waitress import wasyncore
 
-    server.task_dispatcher.shutdown(timeout=timeout)
+    server.task_dispatcher.shutdown(timeout=timeout / 2)
     done = threading.Event()
 
     def close_everything() -> None:
@@ -261,7 +263,7 @@ def _stop_waitress(server: Any, timeout: float) -> None:
         server.trigger.pull_trigger(close_everything)
     except OSError:
         close_everything()
-    if not done.wait(timeout):
+    if not done.wait(timeout / 2):
         logger.warning('waitress did not close its sockets within %.1f s; closing them from here', timeout)
         close_everything()
 

@@ -81,7 +81,26 @@ def test_a_person_annotates_an_uploaded_image(local_loop: LocalLoop) -> None:
     assert image_id in complete['image_ids']
     listed = session.get(f'{local_loop.url}{CONTROL}/images', params={'state': 'complete'}, timeout=10).json()
     assert image_id in [i['id'] for i in listed['images']]
-    for body in ({'state': 'done'}, {'set': 'validation'}, {'box_annotations': 'x'}, {'tags': [1]}):
+    by_name = session.put(
+        f'{local_loop.url}{CONTROL}/images/{image_id}',
+        json={'point_annotations': [{'category_name': 'purple point', 'x': 1.5, 'y': 2}]},
+        timeout=10,
+    )
+    assert (
+        by_name.json()['point_annotations'][0]['category_id']
+        == local_loop.store.categories('zauberzeug', 'demo')[3]['id']
+    )
+    assert by_name.json()['box_annotations'] == item['box_annotations']  # kinds not named are kept
+    for body in (
+        {'state': 'done'},
+        {'set': 'validation'},
+        {'box_annotations': 'x'},
+        {'tags': [1]},
+        {'box_annotations': [{**box, 'x': 'left'}]},
+        {'box_annotations': [{**box, 'category_id': 'nope'}]},
+        {'point_annotations': [{'x': 1, 'y': 2}]},
+        {'segmentation_annotations': [{'category_id': circle['id'], 'shape': {'points': 'x'}}]},
+    ):
         response = session.put(f'{local_loop.url}{CONTROL}/images/{image_id}', json=body, timeout=10)
         assert response.status_code == 400, body
     assert session.put(f'{local_loop.url}{CONTROL}/images/nope', json={}, timeout=10).status_code == 404
@@ -148,7 +167,7 @@ def test_control_command(local_loop: LocalLoop, capsys: pytest.CaptureFixture[st
         '--state',
         'review',
         '--annotations',
-        '{"point_annotations": [{"x": 5, "y": 6, "category_id": null}]}',
+        '{"point_annotations": [{"x": 5, "y": 6, "category_name": "purple point"}]}',
     )
     assert code == 0
     assert json.loads(out)['state'] == 'review'

@@ -130,3 +130,44 @@ def test_unknown_project_is_404_json(loop_session: requests.Session) -> None:
     response = loop_session.get(f'{loop_session.loop_url}/api/zauberzeug/projects/nope/data', timeout=10)  # type: ignore[attr-defined]
     assert response.status_code == 404
     assert 'nope' in response.json()['detail']
+
+
+def test_bad_requests_get_clear_4xx_json(loop_session: requests.Session) -> None:
+    url: str = loop_session.loop_url  # type: ignore[attr-defined]
+    raw_json = {'Content-Type': 'application/json'}
+    cases = [
+        ('GET', '/api/nothing/here', {}, 404),
+        ('DELETE', '/api/status', {}, 405),
+        ('POST', '/api/zauberzeug/projects/generator', {'data': b'{"a": ', 'headers': raw_json}, 400),
+        ('POST', '/api/zauberzeug/projects/generator', {}, 400),
+        ('POST', f'{PROJECT}/bad%20format', {'files': [('files', ('a', b'a'))]}, 400),
+        ('PUT', f'{PROJECT}/trainings/5/models/latest/mocked/file', {'files': [('files', ('', b'a'))]}, 400),
+        ('PUT', f'{PROJECT}/trainings/5/models/latest/mocked/file', {'data': b'raw'}, 400),
+        ('POST', f'{PROJECT}/detectors', {'data': b'', 'headers': raw_json}, 400),
+        (
+            'POST',
+            f'{PROJECT}/images',
+            {'data': b'--x\r\nbroken', 'headers': {'Content-Type': 'multipart/form-data; boundary=x'}},
+            400,
+        ),
+        ('POST', '/control/users', {'json': {'username': '', 'password': 'x'}}, 400),
+        ('PUT', '/control/projects/zauberzeug/demo/deployment', {'json': {}}, 400),
+    ]
+    for method, path, kwargs, status in cases:
+        response = loop_session.request(method, f'{url}{path}', timeout=10, **kwargs)
+        assert response.status_code == status, (method, path, response.text)
+        detail = response.json()['detail']
+        assert isinstance(detail, str) and detail, (method, path)
+    assert (
+        'line 1 column'
+        in loop_session.post(
+            f'{url}/api/zauberzeug/projects/generator', data=b'{"a": ', headers=raw_json, timeout=10
+        ).json()['detail']
+    )
+
+
+def test_prerender_draws_each_demo_image_once(local_loop: LocalLoop) -> None:
+    ids = local_loop.store.image_ids('zauberzeug', 'demo')
+    assert local_loop.store.prerender('zauberzeug', 'demo') == len(ids)
+    assert all(local_loop.store.image_path('zauberzeug', 'demo', i).exists() for i in ids)
+    assert local_loop.store.prerender('zauberzeug', 'demo') == 0

@@ -14,7 +14,7 @@ from tests.localloop.test_uploads import item_parts, jpeg, metadata
 
 
 def test_everything_survives_a_restart(make_local_loop: Callable[..., LocalLoop]) -> None:
-    loop = make_local_loop(demo=True, demo_images=5, users=(('u', 'p'), ('alice', 'secret')))
+    loop = make_local_loop(demo=True, demo_images=5, users=(('u', 'p'), ('alice', 'secret')), ping_interval=1.0)
     session = login(loop)
     image_ids = loop.store.image_ids('zauberzeug', 'demo')
     demo_jpeg = session.get(f'{loop.url}{PROJECT}/images/{image_ids[0]}/main', timeout=10).content
@@ -91,3 +91,12 @@ def test_delay_ms_delays_every_answer(make_local_loop: Callable[..., LocalLoop])
     for _ in range(3):
         assert requests.get(f'{loop.url}/api/status', timeout=10).status_code == 200
     assert time.monotonic() - started >= 0.45
+
+
+def test_the_same_object_starts_again_on_its_port(make_local_loop: Callable[..., LocalLoop]) -> None:
+    loop = make_local_loop(demo=True, demo_images=2)
+    port = loop.port
+    loop.stop()
+    loop.start()
+    assert loop.port == port
+    assert login(loop).get(f'{loop.url}{PROJECT}/data', timeout=10).status_code == 200

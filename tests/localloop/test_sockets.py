@@ -25,10 +25,24 @@ IDLE = {
 }
 
 
+# python-engineio's polling client can lose its CLOSE packet when it disconnects (its write loop checks the state
+# before sending); its pending long-poll then ends only with the server's next ping. A 1 s ping keeps that short.
+PING_INTERVAL = 1.0
+
+
+@pytest.fixture
+def local_loop(make_local_loop: Any) -> LocalLoop:
+    """The demo loop with a short Engine.IO ping interval."""
+    loop: LocalLoop = make_local_loop(demo=True, demo_images=3, ping_interval=PING_INTERVAL)
+    return loop
+
+
 @pytest.fixture(params=['polling', 'websocket'])
 def any_transport_loop(request: pytest.FixtureRequest, make_local_loop: Any) -> LocalLoop:
     """The demo loop on waitress (long-polling) and on werkzeug (WebSocket)."""
-    loop: LocalLoop = make_local_loop(demo=True, demo_images=3, websocket=request.param == 'websocket')
+    loop: LocalLoop = make_local_loop(
+        demo=True, demo_images=3, websocket=request.param == 'websocket', ping_interval=PING_INTERVAL
+    )
     loop.transport = request.param  # type: ignore[attr-defined]
     return loop
 
