@@ -1,0 +1,647 @@
+"""The node's Socket.IO link to the Learning Loop (trainer and annotator), synchronous and threaded.
+
+Why this module exists instead of using ``socketio.Client`` directly:
+
+- **One reconnect mechanism.** python-socketio's own reconnection is switched off. A link that broke is rebuilt
+  by :meth:`LoopSocket.ensure_connected`, called from the node's repeat cycle, with the reference's full procedure
+  (readiness probe, forced login, a brand-new client) and an exponential backoff with jitter, so a Loop that is
+  down never sees a reconnect storm.
+- **The ack envelope.** Every handler registered with :meth:`LoopSocket.on` has its return value turned into the
+  ``{"success", "error_msg", "payload"}`` envelope the Loop expects (:func:`envelope`).
+- **Bounded shutdown.** :meth:`LoopSocket.close` disconnects within a timeout and leaves no thread of its own.
+
+Threads. The sync engineio client runs one reader and one writer thread per connection and dispatches every
+incoming Socket.IO packet in a thread of its own (``_trigger_event('message', ..., run_async=True)`` in
+engineio's ``Client._receive_packet``). So a handler runs in its own thread, a slow handler does not block
+ping/pong or other events, and handlers for different events may run at the same time: a handler must guard
+the state it shares. All these threads are named ``llnode-sio-*``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import engineio
+import engineio.packet
+import engineio.payload
+import requests
+import socketio
+import websocket
+
+from llnode.loop.errors import LoopConnectionError, LoopError, LoopTimeout
+
+logger = logging.getLogger('llnode.loop.socket')
+
+#: Engine.IO path of the Loop's Socket.IO endpoint (on the same host and port as the REST API).
+SOCKETIO_PATH = '/ws/socket.io'
+
+#: ``nodeType`` handshake header values: ``node`` is the reference base-class default, ``detector`` what older
+#: detectors sent.
+NODE_TYPES = ('trainer', 'annotation_node', 'node', 'detector')
+
+#: Events handled by the link itself; a handler registered for one of them is called, but never wrapped.
+INTERNAL_EVENTS = frozenset({'connect', 'disconnect', 'connect_error'})
+
+ENVELOPE_KEYS = frozenset({'success', 'error_msg', 'payload'})
+
+#: Budget of the readiness probe: one failed ``GET /api/status`` aborts the attempt.
+READINESS_TIMEOUT = 5.0
+
+#: Delays are drawn from ``[JITTER_LOW, 1] * delay`` so that many nodes do not retry in lockstep.
+JITTER_LOW = 0.75
+
+
+class _SettingsLike(Protocol):
+    @property
+    def socket_url(self) -> str: ...
+
+    @property
+    def organization(self) -> str: ...
+
+    @property
+    def project(self) -> str: ...
+
+    @property
+    def ssl_cert_path(self) -> str: ...
+
+
+class LoopClientLike(Protocol):
+    """What :class:`LoopSocket` needs from ``llnode.loop.http.LoopClient``."""
+
+    @property
+    def settings(self) -> _SettingsLike: ...
+
+    def login(self) -> None: ...
+
+    def backend_ready(self, timeout: float = 5.0) -> bool: ...
+
+    def cookies(self) -> dict[str, str]: ...
+
+
+def envelope(value: Any) -> dict[str, Any] | None:
+    """The ack payload the Loop expects for a handler's return value (the reference's ``SocketResponse``).
+
+    ``str`` -> success with the string as payload; ``bool`` -> that success, no payload; ``None`` -> no ack
+    arguments (``None``); a mapping or dataclass that already is an envelope (exactly the keys ``success``,
+    ``error_msg``, ``payload``) -> a plain dict copy of it. Anything else is a handler bug and becomes a failure
+    envelope, so the Loop never receives a shape it does not know.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return {'success': value, 'error_msg': None, 'payload': None}
+    if isinstance(value, str):
+        return {'success': True, 'error_msg': None, 'payload': value}
+    candidate: dict[str, Any] | None = None
+    if isinstance(value, Mapping) and set(value.keys()) == ENVELOPE_KEYS:
+        candidate = dict(value)
+    elif (
+        dataclasses.is_dataclass(value)
+        and not isinstance(value, type)
+        and {f.name for f in dataclasses.fields(value)} == ENVELOPE_KEYS
+    ):
+        candidate = dataclasses.asdict(value)
+    if candidate is not None:
+        if isinstance(candidate['success'], bool) and (
+            candidate['error_msg'] is None or isinstance(candidate['error_msg'], str)
+        ):
+            return candidate
+        message = 'handler returned a malformed envelope (success must be bool, error_msg str or None)'
+    else:
+        message = f'handler returned unsupported type {type(value).__name__}'
+    logger.error('%s: %r', message, value)
+    return {'success': False, 'error_msg': message, 'payload': None}
+
+
+class _QuietLogger(logging.LoggerAdapter):
+    """python-socketio and engineio log every packet at INFO; that is debug detail for a node."""
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+
+class _EngineIOClient(engineio.Client):
+    """engineio's threading client with named threads and a prompt, complete disconnect.
+
+    Overrides rely on engineio 4.x internals (``queue``, ``state``, ``current_transport``, ``_send_request``);
+    the tests in ``tests/loop/test_socket.py`` catch a change there.
+    """
+
+    _server_closed = False
+
+    def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
+        name = getattr(target, '__name__', 'task').strip('_')
+        thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True, name=f'llnode-sio-{name}')
+        thread.start()
+        return thread
+
+    def disconnect(self, abort: bool = False, reason: Any = None) -> None:
+        """Disconnect, and make sure the writer thread hears about it.
+
+        engineio wakes its writer thread with a ``None`` in the send queue, but ``_reset()`` empties that queue
+        right after; on a server-initiated close (``abort=True``, from the reader thread) the writer usually
+        misses the ``None`` and waits for a packet until ``ping_interval + ping_timeout + 5`` s, and the reader
+        and any thread calling ``disconnect()`` wait for it.
+        """
+        # abort=True means the server sent CLOSE: it has closed the session, a CLOSE back would only earn a 400.
+        self._server_closed = abort
+        super().disconnect(abort=abort, reason=reason)
+        self.queue.put(None)
+
+    def _send_packet(self, pkt: Any) -> None:
+        """Send the long-polling CLOSE packet at once instead of through the writer thread.
+
+        engineio queues CLOSE and flags the connection as closing. A writer thread that is in the middle of a
+        POST at that moment sees the flag and ends without sending CLOSE; the reader's long-poll GET then only
+        returns at the server's next ping (25 s by default), and so does ``disconnect()``. Posting CLOSE here,
+        with whatever is still queued before it, lets the server end the long-poll right away.
+        """
+        if pkt.packet_type != engineio.packet.CLOSE or self.state != 'connected' or self.current_transport != 'polling':
+            super()._send_packet(pkt)
+            return
+        if self._server_closed:
+            return
+        packets = []
+        while True:
+            try:
+                queued = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self.queue.task_done()
+            if queued is not None:
+                packets.append(queued)
+        packets.append(pkt)
+        self._send_request(
+            'POST',
+            self.base_url,
+            body=engineio.payload.Payload(packets=packets).encode(),
+            headers={'Content-Type': 'text/plain'},
+            timeout=self.request_timeout,
+        )
+
+
+class _CASession(requests.Session):
+    """A session whose ``verify`` CA path wins over ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``.
+
+    engineio sends its polling requests without a per-request ``verify``, and requests then lets those
+    environment variables (set in many container images) override ``session.verify``: the Loop's CA would be
+    ignored. Proxy settings from the environment still apply.
+    """
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if isinstance(self.verify, str) and verify in (None, True):
+            merged['verify'] = self.verify
+        return merged
+
+
+class _PromptCloseWebSocket(websocket.WebSocket):
+    """websocket-client's socket with a short closing handshake.
+
+    ``WebSocket.close()`` waits up to 3 s for the peer's close frame, but engineio's reader thread is reading the
+    same socket and consumes that frame, so every disconnect took the full 3 s. The peer has our close frame
+    either way; waiting briefly for its answer is enough.
+    """
+
+    def close(
+        self, status: int = websocket.STATUS_NORMAL, reason: bytes | str = b'', timeout: float | None = 0.2
+    ) -> None:
+        super().close(status, reason, timeout)
+
+
+class _SocketIOClient(socketio.Client):
+    #: What the Loop said when it refused the namespace connection (``connect_error``), for the error message.
+    refusal: str | None = None
+
+    def _engineio_client_class(self) -> type[engineio.Client]:
+        return _EngineIOClient
+
+
+@dataclasses.dataclass(eq=False)
+class _PendingCall:
+    """One ``call()`` waiting for its ack; failed at once when its connection drops."""
+
+    sio: Any
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    ack: tuple[Any, ...] | None = None
+    lost: str | None = None
+
+
+class LoopSocket:
+    """The Socket.IO link of a trainer or annotator to its Loop.
+
+    Owns its locks: ``_connect_lock`` serialises the reconnect procedure, ``_state_lock`` guards the current
+    client, the broken flag, the backoff state, the handler table and the pending calls, ``_emit_lock`` keeps
+    multi-packet emits from interleaving.
+    """
+
+    def __init__(
+        self,
+        client: LoopClientLike,
+        node_type: str,
+        *,
+        request_timeout: float = 20.0,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+        transports: list[str] | None = None,
+    ) -> None:
+        if node_type not in NODE_TYPES:
+            raise ValueError(f'node_type must be one of {", ".join(NODE_TYPES)}, got {node_type!r}')
+        if request_timeout <= 0:
+            raise ValueError(f'request_timeout must be positive, got {request_timeout}')
+        if backoff_initial <= 0 or backoff_max < backoff_initial:
+            raise ValueError(
+                f'need 0 < backoff_initial <= backoff_max, got backoff_initial={backoff_initial}, '
+                f'backoff_max={backoff_max}'
+            )
+        if transports is not None:
+            unknown = [t for t in transports if t not in ('polling', 'websocket')]
+            if unknown or not transports:
+                raise ValueError(f'transports must be a non-empty list of polling/websocket, got {transports!r}')
+        self._client = client
+        self._node_type = node_type
+        self._request_timeout = request_timeout
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._transports = list(transports) if transports is not None else None
+
+        self._connect_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._emit_lock = threading.Lock()
+        self._closed = threading.Event()
+
+        self._sio: Any = None
+        self._http: requests.Session | None = None
+        self._broken = False
+        self._handlers: dict[str, Callable[..., Any]] = {}
+        self._pending: set[_PendingCall] = set()
+        self._attempts = 0
+        self._failures = 0
+        self._next_attempt_at = 0.0
+        self._last_error: str | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def node_type(self) -> str:
+        return self._node_type
+
+    @property
+    def connected(self) -> bool:
+        """True while the current client is connected and nothing marked the link broken."""
+        with self._state_lock:
+            return self._is_connected_locked()
+
+    @property
+    def attempts(self) -> int:
+        """Connection attempts made so far (each runs the whole reconnect procedure)."""
+        with self._state_lock:
+            return self._attempts
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the link is down, or None; for status pages and logs."""
+        with self._state_lock:
+            return self._last_error
+
+    @property
+    def transport(self) -> str | None:
+        """``'polling'`` or ``'websocket'`` while connected, else None."""
+        with self._state_lock:
+            sio = self._sio if self._is_connected_locked() else None
+        return sio.transport() if sio is not None else None
+
+    def on(self, event: str, handler: Callable[..., Any]) -> None:
+        """Handle ``event`` from the Loop; the return value becomes the ack envelope (see :func:`envelope`).
+
+        Works before and after ``connect()``; the handler is registered on every client built later. Handlers
+        for ``connect``, ``disconnect`` and ``connect_error`` are called after the link's own bookkeeping, with
+        the raw arguments, and their return value is ignored.
+        """
+        if not isinstance(event, str) or not event:
+            raise ValueError(f'event must be a non-empty string, got {event!r}')
+        if not callable(handler):
+            raise TypeError(f'handler for {event!r} must be callable, got {type(handler).__name__}')
+        with self._state_lock:
+            known = event in self._handlers
+            self._handlers[event] = handler
+            sio = self._sio
+        if sio is not None and not known and event not in INTERNAL_EVENTS:
+            sio.on(event, self._dispatcher(event))
+
+    def connect(self) -> None:
+        """Run the reconnect procedure once; raises ``LoopConnectionError`` (or ``LoopAuthError``) on failure."""
+        if self._closed.is_set():
+            raise LoopConnectionError('the Loop socket is closed')
+        with self._connect_lock:
+            self._attempt()
+
+    def ensure_connected(self) -> bool:
+        """Reconnect if the link is broken or absent and the backoff allows an attempt now.
+
+        Meant for the node's repeat cycle: never raises, never blocks longer than one attempt, and returns
+        False at once while the backoff delay runs or another thread is connecting.
+        """
+        if self._closed.is_set():
+            return False
+        with self._state_lock:
+            if self._is_connected_locked():
+                return True
+            if time.monotonic() < self._next_attempt_at:
+                return False
+        if not self._connect_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._state_lock:
+                if self._is_connected_locked():
+                    return True
+                if self._closed.is_set() or time.monotonic() < self._next_attempt_at:
+                    return False
+            try:
+                self._attempt()
+            except LoopError:
+                return False
+            except Exception:
+                logger.exception('unexpected error while connecting to the Loop')
+                return False
+            return True
+        finally:
+            self._connect_lock.release()
+
+    def mark_broken(self, reason: str) -> None:
+        """Declare the link unusable; the next ``ensure_connected`` runs the full reconnect procedure."""
+        with self._state_lock:
+            if self._broken or self._sio is None:
+                self._last_error = reason
+                return
+            self._broken = True
+            self._last_error = reason
+        logger.warning('Loop socket marked broken: %s', reason)
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Send ``event`` with positional ``args`` without waiting for an ack."""
+        sio = self._require_connected(event)
+        try:
+            with self._emit_lock:
+                sio.emit(event, data=tuple(args))
+        except socketio.exceptions.SocketIOError as e:
+            self._mark_broken_if_current(sio, f'emit of {event!r} failed: {e}')
+            raise LoopConnectionError(f'emit of {event!r} failed: {e}') from e
+
+    def call(self, event: str, *args: Any, timeout: float = 30.0) -> Any:
+        """Send ``event`` and return the Loop's ack (one value, None for an empty ack, a tuple for several).
+
+        Raises ``LoopConnectionError`` when not connected or the connection drops while waiting, and
+        ``LoopTimeout`` when no ack arrives within ``timeout``; a timeout marks the link broken, as the
+        reference disconnects when a status call times out.
+        """
+        sio = self._require_connected(event)
+        pending = _PendingCall(sio)
+
+        def on_ack(*ack: Any) -> None:
+            pending.ack = ack
+            pending.done.set()
+
+        with self._state_lock:
+            self._pending.add(pending)
+        try:
+            try:
+                with self._emit_lock:
+                    sio.emit(event, data=tuple(args), callback=on_ack)
+            except socketio.exceptions.SocketIOError as e:
+                self._mark_broken_if_current(sio, f'emit of {event!r} failed: {e}')
+                raise LoopConnectionError(f'emit of {event!r} failed: {e}') from e
+            if not pending.done.wait(timeout):
+                message = f'no ack for {event!r} within {timeout:g} s'
+                self._mark_broken_if_current(sio, message)
+                raise LoopTimeout(message)
+        finally:
+            with self._state_lock:
+                self._pending.discard(pending)
+        if pending.ack is None:
+            raise LoopConnectionError(f'connection lost while waiting for the ack of {event!r}: {pending.lost}')
+        if len(pending.ack) == 0:
+            return None
+        if len(pending.ack) == 1:
+            return pending.ack[0]
+        return pending.ack
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Disconnect and stop; returns within about ``timeout`` seconds. Idempotent."""
+        deadline = time.monotonic() + timeout
+        self._closed.set()
+        with self._state_lock:
+            sio, http = self._sio, self._http
+            self._sio, self._http = None, None
+            self._fail_pending_locked(None, 'the Loop socket was closed')
+        if sio is not None:
+            self._dispose(sio, http, max(0.0, deadline - time.monotonic()))
+        # An attempt running in another thread sees the closed flag and disposes of its own client.
+        if self._connect_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self._connect_lock.release()
+        else:
+            logger.warning('a connection attempt was still running when the Loop socket was closed')
+
+    def __enter__(self) -> LoopSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reconnect procedure
+
+    def _attempt(self) -> None:
+        """One run of the reconnect procedure (caller holds ``_connect_lock``), with backoff bookkeeping."""
+        started = time.monotonic()
+        with self._state_lock:
+            self._attempts += 1
+            attempt = self._attempts
+        try:
+            self._procedure()
+        except Exception as e:
+            with self._state_lock:
+                self._failures += 1
+                delay = min(self._backoff_max, self._backoff_initial * 2 ** min(self._failures - 1, 30))
+                delay *= random.uniform(JITTER_LOW, 1.0)
+                self._next_attempt_at = time.monotonic() + delay
+                self._last_error = str(e) or type(e).__name__
+                if self._sio is not None:
+                    self._broken = True
+            logger.warning('connecting to the Loop failed (attempt %d): %s; next attempt in %.1f s', attempt, e, delay)
+            raise
+        with self._state_lock:
+            self._failures = 0
+            self._next_attempt_at = started + self._backoff_initial
+            self._last_error = None
+        logger.info('connected to the Loop at %s as %s', self._client.settings.socket_url, self._node_type)
+
+    def _procedure(self) -> None:
+        settings = self._client.settings
+        if not self._client.backend_ready(timeout=READINESS_TIMEOUT):
+            raise LoopConnectionError(f'the Loop at {settings.socket_url} is not ready (GET /api/status)')
+        self._client.login()
+
+        with self._state_lock:
+            old_sio, old_http = self._sio, self._http
+            self._sio, self._http = None, None
+            self._broken = False
+        if old_sio is not None:
+            self._dispose(old_sio, old_http, self._request_timeout)
+
+        sio, http = self._build(settings)
+        try:
+            sio.connect(
+                settings.socket_url,
+                headers=self._headers(settings),
+                transports=self._transports,
+                socketio_path=SOCKETIO_PATH,
+                wait_timeout=self._request_timeout,
+            )
+        except (socketio.exceptions.SocketIOError, ValueError, OSError) as e:
+            self._dispose(sio, http, self._request_timeout)
+            reason = f'the Loop refused it: {sio.refusal}' if sio.refusal else str(e)
+            raise LoopConnectionError(f'Socket.IO connection to {settings.socket_url} failed: {reason}') from e
+        except BaseException:
+            self._dispose(sio, http, self._request_timeout)
+            raise
+        with self._state_lock:
+            accepted = sio.connected and not self._closed.is_set()
+            if accepted:
+                self._sio, self._http = sio, http
+                self._broken = False
+                # Handlers registered while the handshake ran (registering again is harmless).
+                for event in self._handlers:
+                    if event not in INTERNAL_EVENTS:
+                        sio.on(event, self._dispatcher(event))
+        if not accepted:
+            self._dispose(sio, http, self._request_timeout)
+            if self._closed.is_set():
+                raise LoopConnectionError('the Loop socket was closed while connecting')
+            raise LoopConnectionError(f'Socket.IO connection to {settings.socket_url} did not complete')
+
+    def _headers(self, settings: _SettingsLike) -> dict[str, str]:
+        return {'organization': settings.organization, 'project': settings.project, 'nodeType': self._node_type}
+
+    def _build(self, settings: _SettingsLike) -> tuple[Any, requests.Session]:
+        """A new client whose HTTP session carries the login cookies, the headers and the CA file.
+
+        The cookies go into the session's jar, so requests sends them as the ``Cookie`` header on the handshake
+        and on every later polling request, and engineio copies them into the WebSocket handshake. A CA path
+        becomes ``session.verify``: requests verifies against it, and engineio passes it to websocket-client
+        as ``sslopt['ca_certs']``.
+        """
+        http = _CASession()
+        http.headers.update(self._headers(settings))
+        for name, value in self._client.cookies().items():
+            http.cookies.set(name, value)
+        if settings.ssl_cert_path:
+            http.verify = settings.ssl_cert_path
+        sio = _SocketIOClient(
+            reconnection=False,
+            request_timeout=self._request_timeout,
+            http_session=http,
+            handle_sigint=False,
+            websocket_extra_options={'class_': _PromptCloseWebSocket},
+            logger=_QuietLogger(logging.getLogger('llnode.loop.socket.sio'), {}),
+            engineio_logger=_QuietLogger(logging.getLogger('llnode.loop.socket.eio'), {}),
+        )
+        sio.on('connect', self._internal('connect', sio))
+        sio.on('disconnect', self._internal('disconnect', sio))
+        sio.on('connect_error', self._internal('connect_error', sio))
+        with self._state_lock:
+            events = [e for e in self._handlers if e not in INTERNAL_EVENTS]
+        for event in events:
+            sio.on(event, self._dispatcher(event))
+        return sio, http
+
+    def _dispose(self, sio: Any, http: requests.Session | None, timeout: float) -> None:
+        """Disconnect ``sio`` and wait (bounded) until its reader and writer threads have ended."""
+
+        def run() -> None:
+            try:
+                sio.disconnect()
+            except Exception:
+                logger.debug('disconnecting an old Socket.IO client failed', exc_info=True)
+            if http is not None:
+                http.close()
+
+        worker = threading.Thread(target=run, name='llnode-sio-close', daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            logger.warning('the Socket.IO client did not disconnect within %.1f s; leaving it behind', timeout)
+
+    # ------------------------------------------------------------------ event plumbing
+
+    def _internal(self, event: str, sio: Any) -> Callable[..., None]:
+        def handle(*args: Any) -> None:
+            if event == 'disconnect':
+                reason = args[0] if args else 'unknown'
+                with self._state_lock:
+                    current = sio is self._sio
+                    if current:
+                        self._broken = True
+                        self._last_error = f'disconnected: {reason}'
+                    self._fail_pending_locked(sio, f'disconnected: {reason}')
+                if current:
+                    logger.warning('lost the Socket.IO connection to the Loop (%s)', reason)
+            elif event == 'connect_error':
+                data = args[0] if args else None
+                message = data.get('message') if isinstance(data, dict) else data
+                sio.refusal = str(message) if message is not None else 'no reason given'
+                logger.debug('the Loop refused the Socket.IO connection: %s', sio.refusal)
+            with self._state_lock:
+                user = self._handlers.get(event)
+            if user is not None:
+                try:
+                    user(*args)
+                except Exception:
+                    logger.exception('%s handler failed', event)
+
+        return handle
+
+    def _dispatcher(self, event: str) -> Callable[..., Any]:
+        def dispatch(*args: Any) -> dict[str, Any] | None:
+            with self._state_lock:
+                handler = self._handlers.get(event)
+            if handler is None:
+                return None
+            try:
+                result = handler(*args)
+            except Exception as e:
+                logger.exception('handler for %r failed', event)
+                return {'success': False, 'error_msg': str(e), 'payload': None}
+            return envelope(result)
+
+        dispatch.__name__ = f'dispatch_{event}'
+        return dispatch
+
+    # ------------------------------------------------------------------ helpers
+
+    def _is_connected_locked(self) -> bool:
+        return self._sio is not None and bool(self._sio.connected) and not self._broken and not self._closed.is_set()
+
+    def _require_connected(self, event: str) -> Any:
+        with self._state_lock:
+            if not self._is_connected_locked():
+                raise LoopConnectionError(f'cannot send {event!r}: not connected to the Loop ({self._last_error})')
+            return self._sio
+
+    def _mark_broken_if_current(self, sio: Any, reason: str) -> None:
+        with self._state_lock:
+            current = sio is self._sio
+        if current:
+            self.mark_broken(reason)
+
+    def _fail_pending_locked(self, sio: Any, reason: str) -> None:
+        for pending in self._pending:
+            if (sio is None or pending.sio is sio) and not pending.done.is_set():
+                pending.lost = reason
+                pending.done.set()
