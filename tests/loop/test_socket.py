@@ -10,7 +10,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,9 @@ def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE, message: s
         time.sleep(0.02)
 
 
-def socket_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith('llnode-sio')]
+def socket_threads(ignore: Collection[threading.Thread] = ()) -> list[threading.Thread]:
+    """The running threads of LoopSockets (all are named ``llnode-sio-*``), except those in ``ignore``."""
+    return [t for t in threading.enumerate() if t.name.startswith('llnode-sio') and t not in ignore]
 
 
 # ---------------------------------------------------------------------------------------------- fake Loop
@@ -67,6 +68,8 @@ class FakeLoop:
     ) -> None:
         self.port = port
         self.post_delay = post_delay
+        self.handshake_delay = 0.0
+        self.handshake_started = threading.Event()
         self.certfile, self.keyfile = certfile, keyfile
         self.ready = True
         self.log: list[str] = []
@@ -94,6 +97,9 @@ class FakeLoop:
         sio_app = socketio.WSGIApp(self.sio, self._rest, socketio_path='ws/socket.io')
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            if environ['PATH_INFO'].startswith('/ws/') and 'sid=' not in environ.get('QUERY_STRING', ''):
+                self.handshake_started.set()
+                time.sleep(self.handshake_delay)  # a slow Loop: the Engine.IO handshake takes a while
             result = sio_app(environ, start_response)
             if self.post_delay and environ['REQUEST_METHOD'] == 'POST' and environ['PATH_INFO'].startswith('/ws/'):
                 time.sleep(self.post_delay)  # a slow network: the POST was handled, its answer comes late
@@ -220,9 +226,13 @@ class FakeLoop:
 
 @pytest.fixture(autouse=True)
 def no_socket_thread_survives() -> Iterator[None]:
-    """Every test ends with all sockets closed (``make_socket`` closes them); their threads must end soon after."""
+    """Every test ends with its sockets closed (``make_socket`` closes them); their threads must end soon after."""
+    before = set(socket_threads())
     yield
-    wait_for(lambda: not socket_threads(), timeout=5, message=f'socket threads to end: {socket_threads()}')
+    end = time.monotonic() + 5
+    while (left := socket_threads(before)) and time.monotonic() < end:
+        time.sleep(0.02)
+    assert not left, f'socket threads still running 5 s after the test: {left}'
 
 
 @pytest.fixture
@@ -595,18 +605,18 @@ def test_mark_broken_forces_a_full_reconnect(loop: FakeLoop, make_socket: Callab
 def test_close_is_bounded_idempotent_and_leaves_no_threads(
     loop: FakeLoop, make_socket: Callable[..., LoopSocket]
 ) -> None:
-    assert socket_threads() == []
+    before = set(socket_threads())
     sock = make_socket(loop.settings())
     sock.on('quick', lambda: True)
     sock.connect()
     sid = loop.last_sid()
     assert loop.sio.call('quick', to=sid, timeout=5)['success'] is True
-    assert socket_threads()
+    assert socket_threads(before)
     started = time.monotonic()
     sock.close(timeout=5)
     assert time.monotonic() - started < 6
     wait_for(lambda: sid in loop.disconnects, message='the server to see the disconnect')
-    wait_for(lambda: socket_threads() == [], timeout=5, message='the socket threads to end')
+    wait_for(lambda: not socket_threads(before), timeout=5, message='the socket threads to end')
     sock.close(timeout=1)
     assert not sock.connected
     assert not sock.ensure_connected()
@@ -619,6 +629,7 @@ def test_close_is_bounded_idempotent_and_leaves_no_threads(
 def test_polling_disconnect_is_prompt_while_a_post_is_in_flight(make_socket: Callable[..., LoopSocket]) -> None:
     loop = FakeLoop(post_delay=0.5).start()
     try:
+        before = set(socket_threads())
         sock = make_socket(loop.settings(), transports=['polling'])
         sock.connect()
         sid = loop.last_sid()
@@ -629,7 +640,7 @@ def test_polling_disconnect_is_prompt_while_a_post_is_in_flight(make_socket: Cal
         sock.close(timeout=10)
         assert time.monotonic() - started < 3
         wait_for(lambda: sid in loop.disconnects, timeout=3, message='the server to see the disconnect')
-        wait_for(lambda: socket_threads() == [], timeout=5, message='the socket threads to end')
+        wait_for(lambda: not socket_threads(before), timeout=5, message='the socket threads to end')
 
         # a refused namespace makes python-socketio disconnect while the CONNECT packet's POST is in flight
         refused = make_socket(forged_cookie_client(loop.settings(), {'session': 'forged'}), transports=['polling'])
@@ -639,6 +650,52 @@ def test_polling_disconnect_is_prompt_while_a_post_is_in_flight(make_socket: Cal
         assert time.monotonic() - started < 5
     finally:
         loop.stop()
+
+
+def test_ensure_connected_never_runs_two_attempts_at_once(
+    loop: FakeLoop, make_socket: Callable[..., LoopSocket]
+) -> None:
+    loop.handshake_delay = 0.5
+    sock = make_socket(loop.settings())
+    results: list[bool] = []
+    first = threading.Thread(target=lambda: results.append(sock.ensure_connected()), name='test-first')
+    first.start()
+    assert loop.handshake_started.wait(DEADLINE)
+    started = time.monotonic()
+    assert sock.ensure_connected() is False  # another thread is connecting: answer at once
+    assert time.monotonic() - started < 0.2
+    first.join(DEADLINE)
+    assert results == [True]
+    assert sock.attempts == 1
+    assert sock.ensure_connected() is True
+    assert loop.count('login') == 1
+
+
+def test_close_during_a_connection_attempt(loop: FakeLoop, make_socket: Callable[..., LoopSocket]) -> None:
+    loop.handshake_delay = 1.0
+    sock = make_socket(loop.settings())
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            sock.connect()
+            outcome.append(None)
+        except LoopConnectionError as e:
+            outcome.append(e)
+
+    connecting = threading.Thread(target=connect, name='test-connect')
+    connecting.start()
+    assert loop.handshake_started.wait(DEADLINE)
+    started = time.monotonic()
+    sock.close(timeout=5)
+    assert time.monotonic() - started < 6
+    connecting.join(DEADLINE)
+    (error,) = outcome
+    assert isinstance(error, LoopConnectionError)
+    assert 'closed while connecting' in str(error)
+    assert not sock.connected
+    # the attempt's client got as far as the Loop, and was disconnected
+    wait_for(lambda: loop.connects and loop.connects[-1]['sid'] in loop.disconnects, message='the disconnect')
 
 
 # ---------------------------------------------------------------------------------------------- TLS
