@@ -43,3 +43,24 @@ def test_no_asyncio_in_llnode() -> None:
     pattern = re.compile(r'^\s*(import asyncio|from asyncio|async def )', re.MULTILINE)
     offenders = [str(p) for p in PACKAGE.rglob('*.py') if pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_building_servers_and_clients_adds_no_log_handlers(tmp_path: Path) -> None:
+    code = (
+        'import logging\n'
+        'from llnode.localloop import LocalLoop\n'
+        'from llnode.loop.http import LoopClient\n'
+        'from llnode.loop.socket import LoopSocket\n'
+        'from llnode.node.app import create_socketio_server\n'
+        'create_socketio_server()\n'
+        f'loop = LocalLoop({str(tmp_path)!r}).start()\n'
+        'LoopSocket(LoopClient(loop.settings()), "trainer").close()\n'
+        'loop.stop()\n'
+        'loggers = [logging.root] + [l for l in logging.root.manager.loggerDict.values() if isinstance(l, logging.Logger)]\n'
+        'noisy = [l.name for l in loggers if any(not isinstance(h, logging.NullHandler) for h in l.handlers)]\n'
+        'assert noisy == [], noisy\n'
+        'print("ok")\n'
+    )
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == 'ok'

@@ -21,6 +21,7 @@ from werkzeug.http import parse_cookie
 from llnode.localloop.app import SESSION_COOKIE
 from llnode.localloop.errors import Conflict, LoopApiError, NotFound
 from llnode.localloop.store import Store
+from llnode.logs import socketio_loggers
 
 logger = logging.getLogger('llnode.localloop.sockets')
 
@@ -81,8 +82,7 @@ class NodeHub:
             ping_timeout=ping_timeout,
             max_http_buffer_size=MAX_HTTP_BUFFER_SIZE,
             cors_allowed_origins='*',
-            logger=False,
-            engineio_logger=False,
+            **socketio_loggers('llnode.localloop'),
         )
         self._lock = threading.Lock()
         self._nodes: dict[str, ConnectedNode] = {}

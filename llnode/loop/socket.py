@@ -35,6 +35,7 @@ import requests
 import socketio
 import websocket
 
+from llnode.logs import socketio_loggers
 from llnode.loop.errors import LoopConnectionError, LoopError, LoopTimeout
 
 logger = logging.getLogger('llnode.loop.socket')
@@ -118,13 +119,6 @@ def envelope(value: Any) -> dict[str, Any] | None:
         message = f'handler returned unsupported type {type(value).__name__}'
     logger.error('%s: %r', message, value)
     return {'success': False, 'error_msg': message, 'payload': None}
-
-
-class _QuietLogger(logging.LoggerAdapter):
-    """python-socketio and engineio log every packet at INFO; that is debug detail for a node."""
-
-    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.debug(msg, *args, **kwargs)
 
 
 class _EngineIOClient(engineio.Client):
@@ -549,8 +543,7 @@ class LoopSocket:
             http_session=http,
             handle_sigint=False,
             websocket_extra_options={'class_': _PromptCloseWebSocket},
-            logger=_QuietLogger(logging.getLogger('llnode.loop.socket.sio'), {}),
-            engineio_logger=_QuietLogger(logging.getLogger('llnode.loop.socket.eio'), {}),
+            **socketio_loggers('llnode.loop.socket'),
         )
         sio.on('connect', self._internal('connect', sio))
         sio.on('disconnect', self._internal('disconnect', sio))

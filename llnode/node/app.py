@@ -23,6 +23,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from llnode.logs import socketio_loggers
 from llnode.node.errors import BadRequest, NodeHTTPError
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def create_socketio_server() -> socketio.Server:
     WebSocket upgrades are allowed; a node served by waitress switches them off (see ``Node.websocket_enabled``).
     """
     return _SocketIOServer(
-        async_mode='threading', max_http_buffer_size=SOCKETIO_MAX_BUFFER, logger=False, engineio_logger=False
+        async_mode='threading', max_http_buffer_size=SOCKETIO_MAX_BUFFER, **socketio_loggers('llnode.node')
     )
 
 
