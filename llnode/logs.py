@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 
-class QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg,unused-ignore]
+class QuietLogger(logging.LoggerAdapter):
     """A logger adapter that logs INFO records at DEBUG."""
 
     def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
