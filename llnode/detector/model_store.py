@@ -40,7 +40,7 @@ _TEMP_LINK_PREFIX = f'.{CURRENT_MODEL_LINK}.'
 _TEMP_LINK_SUFFIX = '.link'
 _REFERENCE_TEMP_LINK = f'{CURRENT_MODEL_LINK}.tmp'
 
-_VERSION = re.compile(r'[0-9.]*[0-9][0-9.]*')
+_VERSION = re.compile(r'[0-9][0-9.]*')
 
 
 class ModelStoreError(Exception):
@@ -64,8 +64,8 @@ class ModelInUseError(ModelStoreError):
 
 
 def is_version(text: str) -> bool:
-    """True for a model version as the Loop and the reference accept it: only ASCII digits and dots, one digit
-    at least."""
+    """True for a model version: ASCII digits and dots, starting with a digit (the reference also takes ``.1``,
+    which would be a hidden folder here)."""
     return bool(_VERSION.fullmatch(text))
 
 
@@ -117,7 +117,7 @@ class ModelStore:
             entries = list(os.scandir(self.models_folder))
         except (FileNotFoundError, NotADirectoryError):
             return []
-        versions = [e.name for e in entries if is_version(e.name) and not e.name.startswith('.') and e.is_dir()]
+        versions = [e.name for e in entries if is_version(e.name) and e.is_dir()]
         return sorted(versions, key=version_key)
 
     def model_info(self, version: str) -> ModelInformation:
@@ -158,6 +158,7 @@ class ModelStore:
             try:
                 fetch(staging)
                 info = read_model_info(staging)
+                _fsync_tree(staging)
                 if info.version != version:
                     logger.warning('model.json of version %s names version %r', version, info.version)
                 with self._lock:
@@ -202,7 +203,7 @@ class ModelStore:
             doomed = self.models_folder / f'{_REMOVING_PREFIX}{version}-{secrets.token_hex(4)}'
             os.replace(target, doomed)
             fsync_dir(self.models_folder)
-        shutil.rmtree(doomed, ignore_errors=True)
+        _delete(doomed)
         logger.info('removed model version %s', version)
 
     def clean_leftovers(self) -> list[Path]:
@@ -328,6 +329,21 @@ def read_model_info(folder: Path | str) -> ModelInformation:
         raise InvalidModelError(f'{path} is not a valid model description: {e}') from e
     info.model_root_path = str(folder)
     return info
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` to disk, so the rename that publishes it publishes content."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(folder)
 
 
 def _entries(folder: Path) -> list[Path]:

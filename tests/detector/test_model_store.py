@@ -96,6 +96,7 @@ def test_local_versions_are_sorted_numerically_and_skip_other_entries(tmp_path: 
     (store.models_folder / '4.0').write_text('a file, not a folder')
     assert store.local_versions() == ['1.2.3', '1.9', '1.10', '2']
     assert is_version('1.1') and is_version('12') and not is_version('') and not is_version('..')
+    assert not is_version('.1') and not is_version('\uff11.2')  # a hidden folder; a non-ASCII digit
     assert not is_version('1.a') and not is_version('../1') and not is_version('1/2')
 
 
