@@ -164,32 +164,13 @@ def upload_training_model(organization: str, project: str, training_number: str,
         raise Unprocessable(f'training_number must be an integer, got {training_number!r}') from None
     if number < 1:
         raise Unprocessable(f'training {number} does not exist: training numbers start at 1')
-    _project(organization, project)
-    check_slug(model_format, 'format')
-    files = _uploaded_files()
-    archives.build_model_zip(
-        files,
-        model_id='',
-        version='',
-        organization=organization,
-        project=project,
-        model_format=model_format,
-        host=None,
-        categories=[],
-    )  # validate before creating
+    files = _validated_model_upload(organization, project, model_format)
     model = context().store.model_for_training(organization, project, number, host=request.host)
     return _store_format(organization, project, model, model_format, files)
 
 
-@api.put(f'{PROJECT}/models/<model_id>/<model_format>/file')
-def upload_converted_model(organization: str, project: str, model_id: str, model_format: str) -> Any:
-    check_slug(model_format, 'format')
-    model = context().store.model(organization, project, model_id)
-    return _store_format(organization, project, model, model_format, _uploaded_files())
-
-
-@api.post(f'{PROJECT}/<model_format>')
-def upload_new_model(organization: str, project: str, model_format: str) -> Any:
+def _validated_model_upload(organization: str, project: str, model_format: str) -> Any:
+    """The uploaded model files, checked by building a throw-away zip before any model record is created."""
     _project(organization, project)
     check_slug(model_format, 'format')
     files = _uploaded_files()
@@ -203,6 +184,19 @@ def upload_new_model(organization: str, project: str, model_format: str) -> Any:
         host=None,
         categories=[],
     )
+    return files
+
+
+@api.put(f'{PROJECT}/models/<model_id>/<model_format>/file')
+def upload_converted_model(organization: str, project: str, model_id: str, model_format: str) -> Any:
+    check_slug(model_format, 'format')
+    model = context().store.model(organization, project, model_id)
+    return _store_format(organization, project, model, model_format, _uploaded_files())
+
+
+@api.post(f'{PROJECT}/<model_format>')
+def upload_new_model(organization: str, project: str, model_format: str) -> Any:
+    files = _validated_model_upload(organization, project, model_format)
     model = context().store.create_model(organization, project, host=request.host)
     return _store_format(organization, project, model, model_format, files)
 
