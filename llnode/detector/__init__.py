@@ -1,0 +1,20 @@
+"""The detector node's parts: the user's logic API, the batching inference worker and the torch logic.
+
+Importing this package never imports torch; :mod:`llnode.detector.torch_logic` loads it only when used.
+"""
+
+from __future__ import annotations
+
+from llnode.detector.batching import InferenceBusy, InferenceStopped, InferenceTimeout, InferenceWorker
+from llnode.detector.logic import DetectorFactory, DetectorLogic, ImageInputError, LogicResultError
+
+__all__ = [
+    'DetectorFactory',
+    'DetectorLogic',
+    'ImageInputError',
+    'InferenceBusy',
+    'InferenceStopped',
+    'InferenceTimeout',
+    'InferenceWorker',
+    'LogicResultError',
+]
