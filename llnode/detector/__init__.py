@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from llnode.detector.batching import InferenceBusy, InferenceStopped, InferenceTimeout, InferenceWorker
 from llnode.detector.logic import DetectorFactory, DetectorLogic, ImageInputError, LogicResultError
+from llnode.detector.torch_logic import BatchMeta, ImageGeometry, TorchDetectorLogic
 
 __all__ = [
+    'BatchMeta',
     'DetectorFactory',
     'DetectorLogic',
+    'ImageGeometry',
     'ImageInputError',
     'InferenceBusy',
     'InferenceStopped',
     'InferenceTimeout',
     'InferenceWorker',
     'LogicResultError',
+    'TorchDetectorLogic',
 ]
