@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from llnode.detector.batching import InferenceBusy, InferenceStopped, InferenceTimeout, InferenceWorker
 from llnode.detector.logic import DetectorLogic, ImageInputError, LogicResultError
 from llnode.schema import ImageMetadata, ModelInformation
+from tests.polling import wait_for as wait_until
 
 INFO = ModelInformation(id='m1', organization='o', project='p', version='3.1')
 POISON = 250  # an image of this width makes RecordingLogic raise
@@ -26,13 +27,6 @@ def image(ident: int) -> np.ndarray:
 
 def ident_of(result: ImageMetadata) -> int:
     return int(result.tags[0])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, 'condition not reached in time'
-        time.sleep(0.001)
 
 
 class RecordingLogic(DetectorLogic):

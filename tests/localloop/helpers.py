@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,15 +38,3 @@ def connect_node(
         headers['Cookie'] = f'session={cookie}'
     client.connect(loop.url, socketio_path='/ws/socket.io', headers=headers, transports=transports, wait_timeout=10)
     return client
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f'condition not met within {timeout} s')
-        time.sleep(interval)

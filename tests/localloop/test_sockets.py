@@ -9,7 +9,8 @@ import pytest
 import socketio
 
 from llnode.localloop import LocalLoop
-from tests.localloop.helpers import CONTROL, PROJECT, connect_node, login, wait_for
+from tests.localloop.helpers import CONTROL, PROJECT, connect_node, login
+from tests.polling import wait_for
 
 OK = {'success': True, 'error_msg': None, 'payload': None}
 IDLE = {

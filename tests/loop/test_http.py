@@ -31,6 +31,7 @@ from llnode.loop.errors import (
 )
 from llnode.loop.http import DEFAULT_RETRY_AFTER, LoopClient, retry_after_seconds
 from tests.loop.scripted_server import Reply, ScriptedServer, Seen, login_route
+from tests.polling import wait_for
 
 
 class CountingSession(requests.Session):
@@ -61,14 +62,6 @@ def settings_for(port: int, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError('condition not reached in time')
-        time.sleep(0.01)
 
 
 class SessionServer(ScriptedServer):

@@ -26,20 +26,9 @@ from llnode.localloop.sockets import NodeHub
 from llnode.loop.errors import LoopAuthError, LoopConnectionError, LoopTimeout
 from llnode.loop.http import LoopClient
 from llnode.loop.socket import LoopSocket, envelope
+from tests.polling import wait_for
 
 DEADLINE = 10.0
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = DEADLINE, message: str = 'condition') -> Any:
-    """Poll ``condition`` until it is truthy; fail the test at the deadline."""
-    end = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f'timed out after {timeout} s waiting for {message}')
-        time.sleep(0.02)
 
 
 def socket_threads(ignore: Collection[threading.Thread] = ()) -> list[threading.Thread]:
@@ -465,7 +454,7 @@ def test_call_returns_the_loop_ack_and_emit_arrives(loop: FakeLoop, make_socket:
         'payload': ['org', 'project', {'x': 1}],
     }
     sock.emit('update_annotation_node', {'a': 1}, 'b')
-    wait_for(lambda: ('update_annotation_node', ({'a': 1}, 'b')) in loop.received, message='the emitted event')
+    wait_for(lambda: ('update_annotation_node', ({'a': 1}, 'b')) in loop.received, what='the emitted event')
 
 
 def test_call_without_ack_times_out_and_marks_the_link_broken(
@@ -481,9 +470,9 @@ def test_call_without_ack_times_out_and_marks_the_link_broken(
     assert not sock.connected
     with pytest.raises(LoopConnectionError, match='not connected'):
         sock.call('echo', 1)
-    wait_for(sock.ensure_connected, message='the reconnect after a timeout')
+    wait_for(sock.ensure_connected, what='the reconnect after a timeout')
     assert loop.last_sid() != first_sid
-    wait_for(lambda: first_sid in loop.disconnects, message='the old connection to be closed')
+    wait_for(lambda: first_sid in loop.disconnects, what='the old connection to be closed')
     assert sock.call('echo', 2)['payload'] == [2]
 
 
@@ -502,7 +491,7 @@ def test_call_fails_fast_when_the_connection_drops(loop: FakeLoop, make_socket: 
     caller = threading.Thread(target=waiting_call)
     started = time.monotonic()
     caller.start()
-    wait_for(lambda: loop.received, message='the call to arrive')
+    wait_for(lambda: loop.received, what='the call to arrive')
     loop.sio.disconnect(sid)
     caller.join(10)
     assert len(result) == 1
@@ -530,11 +519,11 @@ def test_reconnects_after_the_loop_restarts(loop: FakeLoop, make_socket: Callabl
     sock.connect()
     first = loop.connects[-1]
     loop.stop()
-    wait_for(lambda: not sock.connected, message='the drop to be noticed')
+    wait_for(lambda: not sock.connected, what='the drop to be noticed')
     assert disconnected.is_set()
     assert not sock.ensure_connected()  # the Loop is down
     loop.start()  # same port, fresh sessions: the old cookie is worthless now
-    wait_for(sock.ensure_connected, message='the reconnect')
+    wait_for(sock.ensure_connected, what='the reconnect')
     second = loop.connects[-1]
     assert second['accepted']
     assert second['token'] != first['token']
@@ -592,11 +581,11 @@ def test_mark_broken_forces_a_full_reconnect(loop: FakeLoop, make_socket: Callab
     sock.mark_broken('update_trainer ack had success false')
     assert not sock.connected
     assert sock.last_error == 'update_trainer ack had success false'
-    wait_for(sock.ensure_connected, message='the reconnect')
+    wait_for(sock.ensure_connected, what='the reconnect')
     assert sock.attempts == 2
     assert loop.log == ['status', 'login', 'connect', 'status', 'login', 'connect']
     assert loop.last_sid() != first_sid
-    wait_for(lambda: first_sid in loop.disconnects, message='the old client to disconnect')
+    wait_for(lambda: first_sid in loop.disconnects, what='the old client to disconnect')
 
 
 # ---------------------------------------------------------------------------------------------- close
@@ -615,8 +604,8 @@ def test_close_is_bounded_idempotent_and_leaves_no_threads(
     started = time.monotonic()
     sock.close(timeout=5)
     assert time.monotonic() - started < 6
-    wait_for(lambda: sid in loop.disconnects, message='the server to see the disconnect')
-    wait_for(lambda: not socket_threads(before), timeout=5, message='the socket threads to end')
+    wait_for(lambda: sid in loop.disconnects, what='the server to see the disconnect')
+    wait_for(lambda: not socket_threads(before), timeout=5, what='the socket threads to end')
     sock.close(timeout=1)
     assert not sock.connected
     assert not sock.ensure_connected()
@@ -635,12 +624,12 @@ def test_polling_disconnect_is_prompt_while_a_post_is_in_flight(make_socket: Cal
         sid = loop.last_sid()
         sock.emit('update_annotation_node', {'a': 1})
         # the server has the packet, but the writer thread still waits for the POST's answer
-        wait_for(lambda: loop.received, message='the emitted event')
+        wait_for(lambda: loop.received, what='the emitted event')
         started = time.monotonic()
         sock.close(timeout=10)
         assert time.monotonic() - started < 3
-        wait_for(lambda: sid in loop.disconnects, timeout=3, message='the server to see the disconnect')
-        wait_for(lambda: not socket_threads(before), timeout=5, message='the socket threads to end')
+        wait_for(lambda: sid in loop.disconnects, timeout=3, what='the server to see the disconnect')
+        wait_for(lambda: not socket_threads(before), timeout=5, what='the socket threads to end')
 
         # a refused namespace makes python-socketio disconnect while the CONNECT packet's POST is in flight
         refused = make_socket(forged_cookie_client(loop.settings(), {'session': 'forged'}), transports=['polling'])
@@ -695,7 +684,7 @@ def test_close_during_a_connection_attempt(loop: FakeLoop, make_socket: Callable
     assert 'closed while connecting' in str(error)
     assert not sock.connected
     # the attempt's client got as far as the Loop, and was disconnected
-    wait_for(lambda: loop.connects and loop.connects[-1]['sid'] in loop.disconnects, message='the disconnect')
+    wait_for(lambda: loop.connects and loop.connects[-1]['sid'] in loop.disconnects, what='the disconnect')
 
 
 # ---------------------------------------------------------------------------------------------- TLS
@@ -823,10 +812,10 @@ def test_reconnects_after_the_local_loop_restarts(
     sock.connect()
     first_cookie = client.cookies()['session']
     first_loop.stop()
-    wait_for(lambda: not sock.connected, message='the drop to be noticed')
+    wait_for(lambda: not sock.connected, what='the drop to be noticed')
     second_loop = make_local_loop(data_dir=first_loop.data_dir, port=first_loop.port)
     assert second_loop.port == first_loop.port
-    wait_for(sock.ensure_connected, message='the reconnect')
+    wait_for(sock.ensure_connected, what='the reconnect')
     (node,) = hub(second_loop).connected()
     assert node['user'] == 'u'
     assert second_loop.sio.get_environ(node['sid'])['HTTP_COOKIE'] != f'session={first_cookie}'

@@ -6,24 +6,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from llnode.config import Settings
 from llnode.node import Node
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = 'condition') -> Any:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout} s waiting for {what}')
-        time.sleep(0.01)
+from tests.polling import wait_for
 
 
 def new_threads_gone(before: set[threading.Thread], timeout: float = 5.0, prefix: str = '', ignore: str = '') -> None:
