@@ -31,7 +31,10 @@ def test_socketio_switch_disconnects_and_reconnects_the_real_link(
     node = LinkedNode('linked trainer', settings=local_loop.settings(), repeat_interval=0.05)
     served = serve(node, 'waitress')
     wait_for(lambda: trainers(local_loop), timeout=10, what='the trainer to connect to the Loop')
-    assert requests.get(f'{served.url}/readyz', timeout=5).status_code == 200
+    # the Loop registers the trainer on its side of the handshake, a moment before the node's client is connected
+    wait_for(
+        lambda: requests.get(f'{served.url}/readyz', timeout=5).status_code == 200, what='the node to report ready'
+    )
     assert requests.put(f'{served.url}/socketio', data='off', timeout=10).json() == 'off'
     wait_for(lambda: not trainers(local_loop), what='the Loop to see the trainer leave')
     assert requests.get(f'{served.url}/readyz', timeout=5).status_code == 503
