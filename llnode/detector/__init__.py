@@ -1,4 +1,4 @@
-"""The detector node's parts: the user's logic API, the batching inference worker and the torch logic.
+"""The Detector node and its parts: the user's logic API, the batching inference worker, the torch logic.
 
 Importing this package never imports torch; :mod:`llnode.detector.torch_logic` loads it only when used.
 """
@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from llnode.detector.batching import InferenceBusy, InferenceStopped, InferenceTimeout, InferenceWorker
 from llnode.detector.logic import DetectorFactory, DetectorLogic, ImageInputError, LogicResultError
+from llnode.detector.node import DetectorNode, VersionControlError
 from llnode.detector.torch_logic import BatchMeta, ImageGeometry, TorchDetectorLogic
 
 __all__ = [
     'BatchMeta',
     'DetectorFactory',
     'DetectorLogic',
+    'DetectorNode',
     'ImageGeometry',
     'ImageInputError',
     'InferenceBusy',
@@ -21,4 +23,5 @@ __all__ = [
     'InferenceWorker',
     'LogicResultError',
     'TorchDetectorLogic',
+    'VersionControlError',
 ]
