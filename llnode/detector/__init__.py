@@ -8,6 +8,7 @@ from __future__ import annotations
 from llnode.detector.batching import InferenceBusy, InferenceStopped, InferenceTimeout, InferenceWorker
 from llnode.detector.logic import DetectorFactory, DetectorLogic, ImageInputError, LogicResultError
 from llnode.detector.node import DetectorNode, VersionControlError
+from llnode.detector.relevance import RelevanceFilter
 from llnode.detector.torch_logic import BatchMeta, ImageGeometry, TorchDetectorLogic
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     'InferenceTimeout',
     'InferenceWorker',
     'LogicResultError',
+    'RelevanceFilter',
     'TorchDetectorLogic',
     'VersionControlError',
 ]

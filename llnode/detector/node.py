@@ -289,7 +289,11 @@ class DetectorNode(Node):
         if autoupload == 'all':
             self.outbox.enqueue(_image_for_outbox(image), metadata)
             return
-        causes = self.relevance_filter.causes(metadata, camera_id or None)
+        try:
+            causes = self.relevance_filter.causes(metadata, camera_id or None)
+        except TypeError:  # detections the filter cannot read (a logic bug); the answer itself still goes out
+            logger.exception('%s: the relevance filter could not read the detections', self.name)
+            return
         if causes:
             upload = dataclasses.replace(metadata, tags=[*metadata.tags, *causes])
             self.outbox.enqueue(_image_for_outbox(image), upload)
