@@ -113,7 +113,8 @@ class DetectorNode(Node):
     ``factory`` builds a :class:`~llnode.detector.logic.DetectorLogic` per model version. Settings default to
     ``Settings.from_env()``; ``LOOP_ORGANIZATION`` and ``LOOP_PROJECT`` are required. ``use_backdoor_controls``
     adds ``POST /reset`` (default: ``USE_BACKDOOR_CONTROLS``). ``max_batch_size`` and ``max_batch_wait_ms`` tune
-    the dynamic batching, ``max_queue`` the images that may wait for inference (503 beyond). ``outbox_factory``
+    the dynamic batching, ``max_queue`` the images that may wait for inference (503 beyond), ``max_request_bytes``
+    the largest request body (413 beyond; default 64 MiB). ``outbox_factory``
     and ``relevance_filter`` replace the default parts (tests, custom storage).
     """
 
@@ -132,6 +133,7 @@ class DetectorNode(Node):
         max_batch_wait_ms: float = 2.0,
         max_queue: int = 256,
         inference_timeout: float = INFERENCE_TIMEOUT,
+        max_request_bytes: int | None = None,
         outbox_factory: Callable[[Settings], OutboxLike] | None = None,
         relevance_filter: RelevanceFilterLike | None = None,
         update_backoff: RetryBackoff | None = None,
@@ -155,6 +157,10 @@ class DetectorNode(Node):
             settings.use_backdoor_controls if use_backdoor_controls is None else use_backdoor_controls
         )
         self.inference_timeout = inference_timeout
+        if max_request_bytes is not None:
+            if max_request_bytes < 1:
+                raise ValueError(f'max_request_bytes must be positive, got {max_request_bytes}')
+            self.max_request_bytes = max_request_bytes
         self._outbox_factory = outbox_factory or _default_outbox
         self.relevance_filter = relevance_filter if relevance_filter is not None else _default_filter(settings)
         self.outbox: OutboxLike = self._outbox_factory(settings)

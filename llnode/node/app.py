@@ -10,15 +10,16 @@ the traceback in the log.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import engineio
 import socketio
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Request, Response, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -76,9 +77,24 @@ def create_socketio_server() -> socketio.Server:
     )
 
 
+class _InMemoryRequest(Request):
+    """Keeps uploaded file parts in memory: werkzeug spools parts of large bodies to temp files, which would put
+    disk I/O on the detect path; the body size is bounded by ``MAX_CONTENT_LENGTH`` anyway."""
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return io.BytesIO()
+
+
 def create_app(blueprints: Iterable[Blueprint], *, max_request_bytes: int | None = None) -> Flask:
     """The node's Flask app: the given blueprints, JSON errors, and a request size limit (413 above it)."""
     app = Flask('llnode.node')
+    app.request_class = _InMemoryRequest
     app.config['MAX_CONTENT_LENGTH'] = max_request_bytes
     if isinstance(app.json, DefaultJSONProvider):
         app.json.sort_keys = False  # keys in the order the payload builds them, as the reference sends them

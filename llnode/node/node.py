@@ -87,7 +87,7 @@ class Node:
     #: Whether the node keeps a Socket.IO link to the Loop (trainer, annotator), connected by the repeat cycle.
     needs_loop_socket: ClassVar[bool] = False
     #: Largest request body the web app accepts (413 above it); None: no limit.
-    max_request_bytes: ClassVar[int | None] = 64 * 1024 * 1024
+    max_request_bytes: int | None = 64 * 1024 * 1024
 
     def __init__(
         self,
