@@ -1,0 +1,133 @@
+"""Fixtures for the detector's client-facing tests: served detectors with a testing logic, and Socket.IO clients.
+
+``make_detector(server, ...)`` serves a :class:`DetectorNode` on a free loopback port. By default its data folder
+already holds model ``0.0`` (so it serves without any Loop contact), its Loop is an address where nothing listens,
+and its outbox is a :class:`RecordingOutbox`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llnode.config import Settings
+from llnode.detector import DetectorNode
+from llnode.detector.node import OutboxLike
+from tests.detector.node_helpers import RecordingOutbox, SioClient, TestingFactory, connect_client, install_model
+from tests.node.conftest import Served, serve, server  # noqa: F401  (fixtures used by these tests)
+
+#: a Loop address where nothing listens: calls fail at once with "connection refused"
+NO_LOOP = '127.0.0.1:1'
+
+
+@dataclasses.dataclass
+class Detector:
+    """A served detector and its parts."""
+
+    node: DetectorNode
+    served: Served
+    factory: TestingFactory
+    outbox: Any  # RecordingOutbox or the node's real outbox
+    server: str
+
+    @property
+    def url(self) -> str:
+        return self.served.url
+
+    @property
+    def data_folder(self) -> Path:
+        return self.node.settings.data_folder
+
+
+def offline_settings(data_folder: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        'host': NO_LOOP,
+        'organization': 'zauberzeug',
+        'project': 'demo',
+        'data_folder': data_folder,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def sio_clients() -> Iterator[list[SioClient]]:
+    """The Socket.IO clients a test connected; disconnected at teardown, after the detectors have stopped.
+
+    Stopping a detector closes its sessions, so the clients see the end at once. A polling client disconnected
+    first may wait for the server's next ping (25 s): python-engineio's client skips its CLOSE packet when its
+    write loop is still finishing the previous POST.
+    """
+    clients: list[SioClient] = []
+    yield clients
+    for client in clients:
+        client.disconnect()
+
+
+@pytest.fixture
+def make_detector(
+    sio_clients: list[SioClient],
+    tmp_path: Path,
+    serve: Callable[..., Served],  # noqa: F811
+) -> Callable[..., Detector]:
+    """``make_detector(server='werkzeug', *, model=True, factory=None, settings=None, outbox=None, **node_kwargs)``.
+
+    ``model``: install model 0.0 first. ``outbox``: None for a :class:`RecordingOutbox`, ``'real'`` for the
+    node's default outbox, or a factory ``settings -> outbox``. ``node_class``: a DetectorNode subclass (e.g. a
+    smaller ``max_request_bytes``). Every detector is stopped at teardown.
+    """
+    count = 0
+
+    def make(
+        server: str = 'werkzeug',  # noqa: F811
+        *,
+        model: bool = True,
+        factory: TestingFactory | None = None,
+        settings: Settings | None = None,
+        outbox: str | Callable[[Settings], OutboxLike] | None = None,
+        node_class: type[DetectorNode] = DetectorNode,
+        **node_kwargs: Any,
+    ) -> Detector:
+        nonlocal count
+        count += 1
+        if settings is None:
+            settings = offline_settings(tmp_path / f'node-{count}')
+        settings.ensure_data_folder()
+        if model:
+            install_model(settings.data_folder)
+        factory = factory or TestingFactory()
+        recording = RecordingOutbox() if outbox is None else None
+        if recording is not None:
+            node_kwargs['outbox_factory'] = lambda _settings: recording
+        elif callable(outbox):
+            node_kwargs['outbox_factory'] = outbox
+        elif outbox != 'real':
+            raise ValueError(f'outbox must be None, "real" or a factory, got {outbox!r}')
+        node_kwargs.setdefault('repeat_interval', 0.2)
+        node = node_class('test detector', factory, settings=settings, **node_kwargs)
+        served = serve(node, server)
+        return Detector(node, served, factory, recording if recording is not None else node.outbox, server)
+
+    return make
+
+
+@pytest.fixture
+def detector(make_detector: Callable[..., Detector]) -> Detector:
+    """A werkzeug-served detector with model 0.0 and a recording outbox."""
+    return make_detector('werkzeug')
+
+
+@pytest.fixture
+def sio_connect(sio_clients: list[SioClient]) -> Callable[[Detector], SioClient]:
+    """``sio_connect(detector)``: a Socket.IO client on the detector's transport (see ``sio_clients``)."""
+
+    def connect(detector: Detector) -> SioClient:
+        client = connect_client(detector.url, detector.server)
+        sio_clients.append(client)
+        return client
+
+    return connect
