@@ -120,6 +120,8 @@ class DetectorNode(Node):
 
     node_type: ClassVar[str] = 'detector'
     needs_loop_client: ClassVar[bool] = True
+    #: the reference's README tells clients to send these with underscores (quirk Q4); both spellings work here
+    underscore_headers: ClassVar[tuple[str, ...]] = ('camera_id', 'creation_date')
 
     def __init__(
         self,

@@ -88,6 +88,9 @@ class Node:
     needs_loop_socket: ClassVar[bool] = False
     #: Largest request body the web app accepts (413 above it); None: no limit.
     max_request_bytes: int | None = 64 * 1024 * 1024
+    #: Request headers with ``_`` in their names that ``serve()`` passes to the app (both servers drop them
+    #: otherwise); they arrive under their hyphenated names.
+    underscore_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -405,12 +408,14 @@ class Node:
         """Start (unless started), block until a signal, ``stop()`` or ``request_restart()``, stop; the exit code."""
         return self._block(None)
 
-    def serve(self, host: str = '0.0.0.0', port: int = 80, *, server: str = 'waitress', threads: int = 8) -> int:
+    def serve(self, host: str = '0.0.0.0', port: int = 80, *, server: str = 'waitress', threads: int = 32) -> int:
         """Run the node and serve ``wsgi_app`` on ``host:port`` until it stops; returns the exit code like ``run()``.
 
         ``server='waitress'`` (default; Socket.IO long-polling only: waitress cannot upgrade to WebSocket, so
         the node stops advertising upgrades) or ``'werkzeug'`` (threaded, carries WebSocket). ``threads`` is
-        waitress's worker count. A port in use raises ``OSError`` before the node starts.
+        waitress's worker count: every connected long-polling Socket.IO client holds one while its poll waits
+        (up to the 25 s ping interval), so give it more than the Socket.IO clients you expect (32 by default;
+        idle threads cost little). A port in use raises ``OSError`` before the node starts.
         """
         if server not in SERVERS:
             raise ValueError(f'server must be one of {", ".join(SERVERS)}, got {server!r}')
@@ -420,7 +425,9 @@ class Node:
             if self._state in (_STOPPING, _STOPPED):
                 raise RuntimeError(f'{self!r} was stopped; create a new node')
         self.websocket_enabled = server == 'werkzeug'
-        http = make_server(self.wsgi_app, host, port, server=server, threads=threads)
+        http = make_server(
+            self.wsgi_app, host, port, server=server, threads=threads, underscore_headers=self.underscore_headers
+        )
         with self._lifecycle_lock:
             self._http = http
         return self._block(http)

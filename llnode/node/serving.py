@@ -9,6 +9,11 @@ one named thread after ``start()``, and ``stop(timeout)`` ends that thread and e
   clients upgrade to WebSocket. Request threads are named ``llnode-http-N``. llnode binds the socket itself
   (werkzeug would ``sys.exit(1)`` on a bind error) and logs requests at DEBUG under ``llnode.node.http``
   (werkzeug's own logging would attach a handler to the ``werkzeug`` logger).
+
+Both servers drop request headers whose names contain ``_`` (in WSGI ``a_b`` and ``a-b`` become the same key,
+which would let a client spoof a header a proxy sets). A node may name a few headers it wants anyway
+(``underscore_headers``, e.g. the detector's ``camera_id`` and ``creation_date``, which the reference's README
+tells clients to send): those reach the app under their hyphenated name, unless the hyphenated header is there too.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 logger = logging.getLogger('llnode.node.http')
@@ -40,30 +46,76 @@ class HTTPServer(Protocol):
     def stop(self, timeout: float) -> bool: ...
 
 
-def make_server(app: Any, host: str, port: int, *, server: str = 'waitress', threads: int = 8) -> HTTPServer:
-    """Bind ``host:port`` (port 0: any free port) for ``app`` with the named server; serving starts on ``start()``."""
+def make_server(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    server: str = 'waitress',
+    threads: int = 8,
+    underscore_headers: Iterable[str] = (),
+) -> HTTPServer:
+    """Bind ``host:port`` (port 0: any free port) for ``app`` with the named server; serving starts on ``start()``.
+
+    ``underscore_headers``: header names with ``_`` to pass to the app anyway (see the module docstring).
+    """
     if server not in SERVERS:
         raise ValueError(f'server must be one of {", ".join(SERVERS)}, got {server!r}')
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f'port must be an integer from 0 to 65535, got {port!r}')
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f'threads must be a positive integer, got {threads!r}')
+    names = frozenset(_checked_header_names(underscore_headers))
     if server == 'waitress':
-        return WaitressServer(app, host, port, threads=threads)
-    return WerkzeugServer(app, host, port)
+        return WaitressServer(app, host, port, threads=threads, underscore_headers=names)
+    return WerkzeugServer(app, host, port, underscore_headers=names)
+
+
+def _checked_header_names(names: Iterable[str]) -> list[str]:
+    checked = []
+    for name in names:
+        if not isinstance(name, str) or '_' not in name or not name.replace('_', '').replace('-', '').isalnum():
+            raise ValueError(f'underscore_headers must be header names containing "_", got {name!r}')
+        checked.append(name.lower())
+    return checked
+
+
+def _underscore_headers(lines: Iterable[tuple[str, str]], names: frozenset[str]) -> Iterable[tuple[str, str]]:
+    """``(WSGI key without HTTP_, value)`` for each header in ``lines`` that ``names`` lets through."""
+    for name, value in lines:
+        if name.strip().lower() in names:
+            yield name.strip().upper(), value.strip(' \t')
 
 
 class WaitressServer:
     """waitress, driven by llnode's own loop so that the serving thread itself closes every channel on stop."""
 
-    def __init__(self, app: Any, host: str, port: int, *, threads: int = 8) -> None:
+    def __init__(
+        self, app: Any, host: str, port: int, *, threads: int = 8, underscore_headers: frozenset[str] = frozenset()
+    ) -> None:
         from waitress import wasyncore
+        from waitress.channel import HTTPChannel
+        from waitress.parser import HTTPRequestParser
         from waitress.server import create_server
         from waitress.trigger import trigger
 
         self._asyncore = wasyncore
         self._map: dict[int, Any] = {}
         self._server = create_server(app, map=self._map, host=host, port=port, threads=threads)
+        if underscore_headers:
+
+            class Parser(HTTPRequestParser):
+                def parse_header(self, header_plus: bytes) -> None:
+                    super().parse_header(header_plus)
+                    lines = (line.decode('latin-1').partition(':') for line in header_plus.split(b'\r\n')[1:])
+                    pairs = ((name, value) for name, colon, value in lines if colon)
+                    for key, value in _underscore_headers(pairs, underscore_headers):
+                        self.headers.setdefault(key, value)
+
+            class Channel(HTTPChannel):
+                parser_class = Parser
+
+            self._server.channel_class = Channel
         self._adj = self._server.adj
         self._dispatcher = self._server.task_dispatcher
         self._trigger = trigger(self._map)  # wakes the loop at once on stop
@@ -146,11 +198,18 @@ class WaitressServer:
 class WerkzeugServer:
     """werkzeug's threaded server with named, tracked request threads; carries WebSocket for Socket.IO."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, *, underscore_headers: frozenset[str] = frozenset()) -> None:
         from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
         class RequestHandler(WSGIRequestHandler):
             protocol_version = 'HTTP/1.1'
+
+            def make_environ(self) -> Any:
+                environ = super().make_environ()
+                if underscore_headers:
+                    for key, value in _underscore_headers(self.headers.items(), underscore_headers):
+                        environ.setdefault(f'HTTP_{key}', value)
+                return environ
 
             def log(self, type: str, message: str, *args: Any) -> None:
                 level = logging.ERROR if type == 'error' else logging.DEBUG
