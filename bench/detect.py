@@ -737,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error('--requests must be at least 2')
     if args.torch_threads is not None and args.torch_threads < 0:
         parser.error('--torch-threads must be 0 (torch default) or more')
+    if not args.no_torch:
+        check_torch_device(args.device)
     quick = args.quick
     sequential = args.requests or (200 if quick else 1000)
     counts = {
@@ -803,6 +805,18 @@ def main(argv: list[str] | None = None) -> int:
     result['met'] = targets_met(result)
     print(json.dumps(result))
     return 0
+
+
+def check_torch_device(device: str) -> None:
+    """Fail at once, not after the HTTP sections, when torch or the asked device is missing (checked in a child
+    process: this one imports torch only in its torch section)."""
+    probe = 'import sys; from llnode.detector.torch_logic import choose_device; print(choose_device(sys.argv[1]))'
+    done = subprocess.run(
+        [sys.executable, '-c', probe, device], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+    )
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ['unknown error'])[-1]
+        raise SystemExit(f'torch device {device!r} cannot be used: {reason} (or run with --no-torch)')
 
 
 def torch_threads(asked: int | None, device: str) -> int | None:
