@@ -16,7 +16,7 @@ Every figure uses one 640x480 JPEG with camera-like content (gradients, shapes, 
   ``batch_evaluate`` at batch sizes 1, 8 and 32, and ``--clients`` threads through an ``InferenceWorker``
   against one thread. torch is imported only there.
 
-    python bench/detect.py [--quick] [--servers waitress,werkzeug] [--device cpu|cuda|auto] [--no-torch]
+    python bench/detect.py [--quick] [--servers waitress,werkzeug] [--device cpu|cuda|auto] [--torch-threads N] [--no-torch]
 """
 
 from __future__ import annotations
