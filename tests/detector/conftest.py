@@ -2,7 +2,7 @@
 
 ``make_detector(server, ...)`` serves a :class:`DetectorNode` on a free loopback port. By default its data folder
 already holds model ``0.0`` (so it serves without any Loop contact), its Loop is an address where nothing listens,
-and its outbox is a :class:`RecordingOutbox`.
+and its outbox is the real one (uploads fail and back off, so items stay on disk), read by :class:`OutboxFiles`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import pytest
 
 from llnode.config import Settings
 from llnode.detector import DetectorNode
-from llnode.detector.node import OutboxLike
-from tests.detector.node_helpers import RecordingOutbox, SioClient, TestingFactory, connect_client, install_model
+from tests.detector.node_helpers import OutboxFiles, SioClient, TestingFactory, connect_client, install_model
 from tests.node.conftest import Served, serve, server  # noqa: F401  (fixtures used by these tests)
 
 #: a Loop address where nothing listens: calls fail at once with "connection refused"
@@ -31,8 +30,11 @@ class Detector:
     node: DetectorNode
     served: Served
     factory: TestingFactory
-    outbox: Any  # RecordingOutbox or the node's real outbox
     server: str
+
+    @property
+    def outbox(self) -> OutboxFiles:
+        return OutboxFiles(self.node)
 
     @property
     def url(self) -> str:
@@ -76,9 +78,8 @@ def make_detector(
 ) -> Callable[..., Detector]:
     """``make_detector(server='werkzeug', *, model=True, factory=None, settings=None, outbox=None, **node_kwargs)``.
 
-    ``model``: install model 0.0 first. ``outbox``: None for a :class:`RecordingOutbox`, ``'real'`` for the
-    node's default outbox, or a factory ``settings -> outbox``. ``node_class``: a DetectorNode subclass (e.g. a
-    smaller ``max_request_bytes``). Every detector is stopped at teardown.
+    ``model``: install model 0.0 first. ``node_class``: a DetectorNode subclass (e.g. a smaller
+    ``max_request_bytes``). Every detector is stopped at teardown.
     """
     count = 0
 
@@ -88,7 +89,6 @@ def make_detector(
         model: bool = True,
         factory: TestingFactory | None = None,
         settings: Settings | None = None,
-        outbox: str | Callable[[Settings], OutboxLike] | None = None,
         node_class: type[DetectorNode] = DetectorNode,
         **node_kwargs: Any,
     ) -> Detector:
@@ -100,24 +100,17 @@ def make_detector(
         if model:
             install_model(settings.data_folder)
         factory = factory or TestingFactory()
-        recording = RecordingOutbox() if outbox is None else None
-        if recording is not None:
-            node_kwargs['outbox_factory'] = lambda _settings: recording
-        elif callable(outbox):
-            node_kwargs['outbox_factory'] = outbox
-        elif outbox != 'real':
-            raise ValueError(f'outbox must be None, "real" or a factory, got {outbox!r}')
         node_kwargs.setdefault('repeat_interval', 0.2)
         node = node_class('test detector', factory, settings=settings, **node_kwargs)
         served = serve(node, server)
-        return Detector(node, served, factory, recording if recording is not None else node.outbox, server)
+        return Detector(node, served, factory, server)
 
     return make
 
 
 @pytest.fixture
 def detector(make_detector: Callable[..., Detector]) -> Detector:
-    """A werkzeug-served detector with model 0.0 and a recording outbox."""
+    """A werkzeug-served detector with model 0.0."""
     return make_detector('werkzeug')
 
 

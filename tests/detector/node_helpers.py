@@ -1,9 +1,8 @@
 """Helpers for the detector's client-facing tests: a testing logic, a recording outbox, images, Socket.IO clients.
 
 The testing logic answers like the reference's ``TestingDetectorLogic`` (one detection of each kind at 0.42) and
-records what it was given (image shapes, batch sizes), so a test can check what reached the model. The recording
-outbox keeps what the node hands it in memory, synchronously, so a test can count uploads without waiting for
-disk writes.
+records what it was given (image shapes, batch sizes), so a test can check what reached the model. The detectors
+use the real outbox; :class:`OutboxFiles` reads what it stored from disk.
 """
 
 from __future__ import annotations
@@ -256,61 +255,59 @@ def cameras(node: DetectorNode) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One image the node handed to the outbox: the bytes (or array) as given and the metadata as a dict."""
+    """One outbox item as the real outbox stored it: ``{data}/outbox/{priority,normal}/<id>/image_<id>.jpg|.json``."""
 
-    image: bytes | np.ndarray
+    id: str
+    image: bytes
     metadata: dict[str, Any]
     priority: bool
-    how: str  # 'save' (explicit upload, durable) or 'enqueue' (autoupload, handed to the writer)
 
 
-class RecordingOutbox:
-    """An in-memory outbox with the node's ``OutboxLike`` protocol: keeps every item, uploads nothing."""
+class OutboxFiles:
+    """The node's real outbox, read from disk (the node may replace its outbox object: ``/reset``)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.items: list[Item] = []
-        self._mode = OutboxMode.CONTINUOUS_UPLOAD
-        self.started = False
-        self.closed = False
+    def __init__(self, node: DetectorNode) -> None:
+        self.node = node
 
-    def start(self) -> None:
-        self.started = True
-
-    def close(self, timeout: float = 10.0) -> bool:
-        self.closed = True
-        return True
-
-    def _add(self, image: bytes | np.ndarray, metadata: ImageMetadata, priority: bool, how: str) -> str:
-        if not isinstance(metadata, ImageMetadata):
-            raise TypeError(f'metadata must be an ImageMetadata, got {type(metadata).__name__}')
-        if not isinstance(image, (bytes, np.ndarray)):
-            raise TypeError(f'image must be bytes or an array, got {type(image).__name__}')
-        with self._lock:
-            self.items.append(Item(image, metadata.to_dict(), priority, how))
-            return str(len(self.items))
-
-    def save(self, image: bytes | np.ndarray, metadata: ImageMetadata, *, priority: bool = False) -> str:
-        return self._add(image, metadata, priority, 'save')
-
-    def enqueue(self, image: bytes | np.ndarray, metadata: ImageMetadata, *, priority: bool = False) -> bool:
-        self._add(image, metadata, priority, 'enqueue')
-        return True
+    @property
+    def root(self) -> Path:
+        return self.node.settings.data_folder / 'outbox'
 
     @property
     def mode(self) -> OutboxMode:
-        return self._mode
+        return self.node.outbox.mode
 
-    def set_mode(self, mode: OutboxMode | str, timeout: float = 30.0) -> bool:
-        self._mode = OutboxMode(mode)
-        return True
+    def settle(self) -> None:
+        """Wait until the writer has stored every image handed to it; none may have been dropped."""
+        stats = self.node.outbox.stats
+        wait_for(lambda: stats()['pending_writes'] == 0, what='the outbox writer to store every image')
+        assert stats()['dropped'] == {}, stats()
 
-    def stats(self) -> dict[str, Any]:
-        return {'mode': self._mode.value, 'items': len(self.items)}
+    def snapshot(self, *, settle: bool = True) -> list[Item]:
+        """Every queued item, oldest first (ids sort in the order items were queued).
 
-    def snapshot(self) -> list[Item]:
-        with self._lock:
-            return list(self.items)
+        ``settle=False`` reads the disk as it is: what an explicit upload answered for must already be there.
+        """
+        if settle:
+            self.settle()
+        items = []
+        for queue in ('priority', 'normal'):
+            folder = self.root / queue
+            for item in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if not item.is_dir():
+                    continue
+                item_id = item.name
+                files = sorted(path.name for path in item.iterdir())
+                assert files == [f'image_{item_id}.jpg', f'image_{item_id}.json'], files
+                metadata = json.loads((item / f'image_{item_id}.json').read_text())
+                image = (item / f'image_{item_id}.jpg').read_bytes()
+                items.append(Item(item_id, image, metadata, queue == 'priority'))
+        return sorted(items, key=lambda item: item.id)
+
+
+def decoded(data: bytes) -> np.ndarray:
+    """The picture in encoded ``data`` as an array."""
+    return np.asarray(Image.open(io.BytesIO(data)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -385,22 +382,3 @@ def connect_client(url: str, server: str) -> SioClient:
     client.connect(url, socketio_path='/ws/socket.io', transports=transports, wait_timeout=5)
     assert client.transport() == EXPECTED_TRANSPORT[server], client.transport()
     return client
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The real outbox on disk
-
-
-def outbox_item_folders(data_folder: Path) -> dict[str, list[Path]]:
-    """``{"priority": [...], "normal": [...]}``: the item folders of the real outbox, sorted by name."""
-    found: dict[str, list[Path]] = {}
-    for queue in ('priority', 'normal'):
-        folder = data_folder / 'outbox' / queue
-        found[queue] = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    return found
-
-
-def wait_for_items(outbox: RecordingOutbox, count: int, timeout: float = 5.0) -> list[Item]:
-    """The recorded items once there are ``count`` of them."""
-    wait_for(lambda: len(outbox.snapshot()) >= count, timeout, f'{count} outbox items')
-    return outbox.snapshot()
