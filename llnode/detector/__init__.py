@@ -8,6 +8,7 @@ from __future__ import annotations
 from llnode.detector.batching import InferenceBusy, InferenceStopped, InferenceTimeout, InferenceWorker
 from llnode.detector.logic import DetectorFactory, DetectorLogic, ImageInputError, LogicResultError
 from llnode.detector.node import DetectorNode, VersionControlError
+from llnode.detector.outbox import Outbox, OutboxClosed, OutboxError, OutboxFull, OutboxLocked
 from llnode.detector.relevance import RelevanceFilter
 from llnode.detector.torch_logic import BatchMeta, ImageGeometry, TorchDetectorLogic
 
@@ -23,6 +24,11 @@ __all__ = [
     'InferenceTimeout',
     'InferenceWorker',
     'LogicResultError',
+    'Outbox',
+    'OutboxClosed',
+    'OutboxError',
+    'OutboxFull',
+    'OutboxLocked',
     'RelevanceFilter',
     'TorchDetectorLogic',
     'VersionControlError',

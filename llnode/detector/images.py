@@ -138,18 +138,3 @@ def _shape(shape: Any) -> tuple[int, ...]:
     if len(dims) == 3 and dims[2] not in (1, 3, 4):
         raise ImagePayloadError(f'image "shape" must have 1, 3 or 4 channels, got {list(dims)}')
     return dims
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
-    """``image`` as JPEG bytes (RGBA and 16-bit data are reduced to what JPEG holds)."""
-    array = image
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.dtype != np.uint8:
-        array = np.clip(array, 0, 255).astype(np.uint8)
-    picture = Image.fromarray(array)
-    if picture.mode not in ('L', 'RGB'):
-        picture = picture.convert('RGB')
-    buffer = io.BytesIO()
-    picture.save(buffer, format='JPEG', quality=quality)
-    return buffer.getvalue()

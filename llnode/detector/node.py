@@ -34,9 +34,11 @@ from llnode.detector.deployment import ModelManager, ModelTarget
 from llnode.detector.images import check_decodable, decode_image
 from llnode.detector.logic import DetectorFactory
 from llnode.detector.model_store import ModelStore, RetryBackoff, is_version
+from llnode.detector.outbox import Outbox, OutboxClosed, OutboxFull
+from llnode.detector.relevance import RelevanceFilter
 from llnode.detector.status_sync import StatusReporter
 from llnode.loop.errors import LoopError, LoopHTTPError
-from llnode.node.errors import BadRequest, Unprocessable
+from llnode.node.errors import BadRequest, InsufficientStorage, Unavailable, Unprocessable
 from llnode.node.node import Node
 from llnode.node.repeat import REPEAT_INTERVAL
 from llnode.schema import (
@@ -96,14 +98,10 @@ class RelevanceFilterLike(Protocol):
 
 
 def _default_outbox(settings: Settings) -> OutboxLike:
-    from llnode.detector.outbox import Outbox
-
     return Outbox(settings)
 
 
 def _default_filter(settings: Settings) -> RelevanceFilterLike:
-    from llnode.detector.relevance import RelevanceFilter
-
     return RelevanceFilter.from_settings(settings)
 
 
@@ -295,7 +293,7 @@ class DetectorNode(Node):
             return
         # Nothing mutates an answer once it is built (the outbox serialises at hand-over), so no copies here.
         if autoupload == 'all':
-            self.outbox.enqueue(_image_for_outbox(image), metadata)
+            self._enqueue(image, metadata)
             return
         try:
             causes = self.relevance_filter.causes(metadata, camera_id or None)
@@ -303,8 +301,14 @@ class DetectorNode(Node):
             logger.exception('%s: the relevance filter could not read the detections', self.name)
             return
         if causes:
-            upload = dataclasses.replace(metadata, tags=[*metadata.tags, *causes])
-            self.outbox.enqueue(_image_for_outbox(image), upload)
+            self._enqueue(image, dataclasses.replace(metadata, tags=[*metadata.tags, *causes]))
+
+    def _enqueue(self, image: np.ndarray | bytes, metadata: ImageMetadata) -> None:
+        """Hand an image to the outbox's writer; a failure there never fails the detection it came with."""
+        try:
+            self.outbox.enqueue(_image_for_outbox(image), metadata)
+        except Exception:
+            logger.exception('%s: could not queue an image for upload', self.name)
 
     # ------------------------------------------------------------------ explicit uploads
 
@@ -326,7 +330,7 @@ class DetectorNode(Node):
         if model is not None:
             _set_category_ids(item, model.info)
         item.tags = [*item.tags, PICKED_BY_SYSTEM]
-        return self.outbox.save(image, item, priority=priority)
+        return self._save(_image_for_outbox(image), item, priority)
 
     def upload_files(
         self,
@@ -345,8 +349,20 @@ class DetectorNode(Node):
         ids = []
         for data in files:
             metadata = ImageMetadata(tags=[PICKED_BY_SYSTEM], source=source, created=creation_date)
-            ids.append(self.outbox.save(data, metadata, priority=priority))
+            ids.append(self._save(data, metadata, priority))
         return ids
+
+    def _save(self, image: np.ndarray | bytes, metadata: ImageMetadata, priority: bool) -> str:
+        """Store one item durably; the outbox's refusals become HTTP errors (503 full or closed, 507 disk)."""
+        try:
+            return self.outbox.save(image, metadata, priority=priority)
+        except (OutboxFull, OutboxClosed) as e:
+            raise Unavailable(f'the outbox takes no more images now: {e}', retry_after=10) from None
+        except (ValueError, TypeError) as e:
+            raise Unprocessable(f'cannot store the image: {e}') from None
+        except OSError as e:
+            logger.exception('%s: storing an upload failed', self.name)
+            raise InsufficientStorage(f'cannot store the image: {e.strerror or e}') from None
 
     # ------------------------------------------------------------------ modes
 
@@ -581,7 +597,10 @@ def _copy(metadata: ImageMetadata) -> ImageMetadata:
 
 
 def _image_for_outbox(image: np.ndarray | bytes) -> np.ndarray | bytes:
-    """The client's own bytes where it sent encoded ones (no re-encode, EXIF kept), else the array."""
+    """The client's own bytes where it sent encoded ones (no re-encode, EXIF kept), else the array as 8 bits
+    (what JPEG holds; a raw Socket.IO image may be uint16 or float)."""
+    if isinstance(image, np.ndarray):
+        return image if image.dtype == np.uint8 else np.clip(image, 0, 255).astype(np.uint8)
     return bytes(image) if isinstance(image, (bytearray, memoryview)) else image
 
 

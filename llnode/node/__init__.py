@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from llnode.node.errors import (
     BadRequest,
+    InsufficientStorage,
     NodeHTTPError,
     NotFound,
     PayloadTooLarge,
@@ -18,6 +19,7 @@ from llnode.node.node import Node
 
 __all__ = [
     'BadRequest',
+    'InsufficientStorage',
     'Node',
     'NodeHTTPError',
     'NotFound',

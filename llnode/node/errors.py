@@ -52,6 +52,12 @@ class Unprocessable(NodeHTTPError):
     status = 422
 
 
+class InsufficientStorage(NodeHTTPError):
+    """The node cannot store what it was given (disk full or failing)."""
+
+    status = 507
+
+
 class Unavailable(NodeHTTPError):
     """The node cannot do this now (no model loaded, a model swap running); the client may retry later."""
 

@@ -364,7 +364,8 @@ def test_a_failed_build_keeps_or_restores_the_old_model(
     wait_for(lambda: serving(node) == '1.1', what='1.1 to serve')
     deploy(local_loop, '1.2')
     wait_for(lambda: factory.builds.count('1.2') >= 2, what='a failed build and its retry')
-    assert serving(node) == '1.1'
+    # exclusive: between a failed build and the rebuild of 1.1 nothing serves, so poll for the old model
+    wait_for(lambda: serving(node) == '1.1', what='the old model serving after the failed build')
     assert node.models.errors()['update_model'] == 'Could not update model: cannot build 1.2'
     assert os.readlink(node.store.link_path) == 'models/1.1'
     if exclusive:
