@@ -212,8 +212,12 @@ class TestingFactory(DetectorFactory):
         self.gate.set()
         self.running = threading.Event()  # set once a batch has started
         self.built: list[str] = []
+        self.held_versions: set[str] = set()  # builds of these versions wait for build_gate
+        self.build_gate = threading.Event()
 
     def build(self, model_info: ModelInformation) -> TestingLogic:
+        if model_info.version in self.held_versions and not self.build_gate.wait(10):
+            raise TimeoutError('the test never let the build finish')
         self.built.append(model_info.version)
         return TestingLogic(model_info, self)
 

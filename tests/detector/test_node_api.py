@@ -7,6 +7,7 @@ reference's bare 500.
 
 from __future__ import annotations
 
+import json
 import logging
 import struct
 import zlib
@@ -30,6 +31,7 @@ from tests.detector.node_helpers import (
     jpeg_bytes,
     png_bytes,
 )
+from tests.loop.scripted_server import Reply, ScriptedServer, Seen
 
 MakeDetector = Callable[..., Detector]
 
@@ -410,6 +412,28 @@ def test_model_version_put_against_the_loop(make_detector: MakeDetector, local_l
     assert put(url, '/model_version', '1.0').json() == 'OK'
     body = get(url, '/model_version').json()
     assert (body['version_control'], body['target_version']) == ('specific_version', '1.0')
+
+
+def test_model_version_put_with_the_loops_model_list(make_detector: MakeDetector, tmp_path: Path) -> None:
+    """The reference's three lookup failures (``GET …/models``), from a scripted Loop; none changes the mode."""
+    answer: dict[str, Any] = {'status': 500, 'models': []}
+
+    def models(seen: Seen) -> Reply:
+        return Reply(answer['status'], json.dumps({'models': answer['models']}).encode(), {'Content-Type': 'json'})
+
+    with ScriptedServer({('GET', '/api/zauberzeug/projects/demo/models'): models}) as loop:
+        detector = make_detector(settings=offline_settings(tmp_path / 'scripted', host=f'127.0.0.1:{loop.port}'))
+        url = detector.url
+        assert_json_error(put(url, '/model_version', '2.0'), 400, 'Failed to load models from learning loop')
+        answer.update(status=200, models=[{'id': 'a', 'version': '2.0'}, {'id': 'b', 'version': '2.0'}])
+        assert_json_error(put(url, '/model_version', '2.0'), 400, 'Multiple models with version 2.0')
+        assert_json_error(put(url, '/model_version', '2.1'), 400, 'No Model with version 2.1')
+        assert version_control(url) == 'follow_loop'
+        answer['models'] = [{'id': 'a', 'version': '2.0'}, {'id': 'b', 'version': '2.1'}]
+        assert put(url, '/model_version', '2.1').json() == 'OK'
+        body = get(url, '/model_version').json()
+        assert (body['version_control'], body['target_version']) == ('specific_version', '2.1')
+        assert loop.count('GET', '/api/zauberzeug/projects/demo/models') == 4
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import requests
 import socketio
 
 from llnode.detector.images import MAX_PIXELS
+from llnode.localloop import LocalLoop
 from llnode.node.app import SOCKETIO_MAX_BUFFER
 from tests.detector.conftest import Detector
 from tests.detector.node_helpers import (
@@ -179,6 +180,32 @@ def test_inference_error_is_an_error_ack(detector: Detector, sio_connect: Connec
     detector.factory.result = broken
     client = sio_connect(detector)
     assert client.call('detect', {'image': raw_dict(image())}, timeout=5) == {'error': 'the model fell over'}
+
+
+def test_exclusive_model_swap_answers_updating(
+    make_detector: MakeDetector, sio_connect: Connect, local_loop: LocalLoop, tmp_path: Path
+) -> None:
+    """With ``EXCLUSIVE_MODEL_BUILD`` no model serves while the new one builds: the reference's "updating model to
+    version X" errors (REST: 503), then the new model answers."""
+    factory = TestingFactory()
+    factory.held_versions.add('1.1')
+    settings = local_loop.settings(data_folder=tmp_path / 'exclusive', exclusive_model_build=True)
+    detector = make_detector(settings=settings, factory=factory)  # serves 0.0, the Loop deploys 1.1
+    client = sio_connect(detector)
+    try:
+        wait_for(lambda: client.call('info', timeout=5) == {'status': 'Updating model to version 1.1'}, interval=0.05)
+        request = {'image': raw_dict(image())}
+        assert client.call('detect', request, timeout=5) == {'error': 'updating model to version 1.1'}
+        assert client.call('batch_detect', {'images': [raw_dict(image())]}, timeout=5) == {
+            'error': 'updating model to version 1.1'
+        }
+        response = requests.post(f'{detector.url}/detect', files={'file': jpeg_bytes()}, timeout=5)
+        assert (response.status_code, response.json()) == (503, {'detail': 'updating model to version 1.1'})
+    finally:
+        factory.build_gate.set()
+    wait_for(lambda: client.call('info', timeout=5).get('version') == '1.1', what='model 1.1 to serve')
+    assert client.call('detect', {'image': raw_dict(image())}, timeout=5) == all_kinds_answer('1.1')
+    assert factory.built == ['0.0', '1.1']
 
 
 # ---------------------------------------------------------------------------------------------------------------
