@@ -76,10 +76,12 @@ def make_detector(
     tmp_path: Path,
     serve: Callable[..., Served],  # noqa: F811
 ) -> Callable[..., Detector]:
-    """``make_detector(server='werkzeug', *, model=True, factory=None, settings=None, outbox=None, **node_kwargs)``.
+    """``make_detector(server='werkzeug', *, model=True, factory=None, settings=None, node_class=DetectorNode,
+    **node_kwargs)`` serves a detector (``node_kwargs`` go to the node, e.g. ``use_backdoor_controls=True``).
 
-    ``model``: install model 0.0 first. ``node_class``: a DetectorNode subclass (e.g. a smaller
-    ``max_request_bytes``). Every detector is stopped at teardown.
+    ``model``: install model 0.0 first. ``settings``: default :func:`offline_settings` on a fresh folder.
+    ``node_class``: a DetectorNode subclass (e.g. a smaller ``max_request_bytes``). Every detector is stopped at
+    teardown.
     """
     count = 0
 
