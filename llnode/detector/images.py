@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,6 +23,11 @@ from llnode.node.errors import BadRequest, PayloadTooLarge, Unprocessable
 
 #: Largest picture accepted, in pixels (about 16k x 10k); Pillow's own bomb check would only warn below 2x this.
 MAX_PIXELS = 178_956_970 // 2
+
+#: Image memory blocks Pillow keeps for reuse once a detector runs (Pillow's default keeps none). Without them
+#: every decode of a 640x480 picture gets fresh pages from the kernel: measured 2.0 ms per decode instead of
+#: 0.57 ms. At most this many freed blocks (each at most Pillow's block size, 16 MiB) stay allocated.
+PILLOW_BLOCKS_KEPT = 4
 
 #: dtypes a raw ndarray dict may carry (what cameras and numpy pipelines produce; no objects, no complex)
 RAW_DTYPES = frozenset(('uint8', 'uint16', 'int8', 'int16', 'int32', 'float16', 'float32', 'float64'))
@@ -43,6 +49,13 @@ class ImageTooLargeError(PayloadTooLarge):
 
 class ImagePayloadError(Unprocessable):
     """An ndarray dict whose fields do not describe a usable image (HTTP 422)."""
+
+
+def keep_pillow_blocks(blocks: int = PILLOW_BLOCKS_KEPT) -> None:
+    """Let Pillow reuse freed image memory (``Image.core.set_blocks_max``) unless the user configured it
+    (``PILLOW_BLOCKS_MAX`` or an earlier call); the node calls it at start, importing llnode changes nothing."""
+    if os.environ.get('PILLOW_BLOCKS_MAX') is None and Image.core.get_blocks_max() == 0:
+        Image.core.set_blocks_max(blocks)
 
 
 def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:

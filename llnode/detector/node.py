@@ -31,7 +31,7 @@ from flask import Blueprint
 from llnode.config import ConfigError, Settings
 from llnode.detector.batching import InferenceStopped
 from llnode.detector.deployment import ModelManager, ModelTarget
-from llnode.detector.images import check_decodable, decode_image
+from llnode.detector.images import check_decodable, decode_image, keep_pillow_blocks
 from llnode.detector.logic import DetectorFactory
 from llnode.detector.model_store import ModelStore, RetryBackoff, is_version
 from llnode.detector.outbox import Outbox, OutboxClosed, OutboxFull
@@ -198,6 +198,7 @@ class DetectorNode(Node):
     # ------------------------------------------------------------------ hooks
 
     def on_start(self) -> None:
+        keep_pillow_blocks()
         self.outbox.start()  # leftovers upload even before a model is loaded (reference)
         self.models.load_current()  # before any Loop contact
         self._status.start()
