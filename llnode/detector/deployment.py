@@ -298,7 +298,7 @@ class ModelManager:
                 self._set_error(message)
                 return False
             self.backoff.succeeded(target.version)
-            self._set_error(None)
+            self._notify()  # the swap cleared the update error in the same step
             return True
 
     def _update_to(self, target: ModelTarget) -> None:
@@ -312,11 +312,11 @@ class ModelManager:
             new = self._build(folder)
             with self._lock:
                 old, self._active = self._active, new
+                self._errors.pop(UPDATE_ERROR_KEY, None)  # with the swap: no one sees the new model and the old error
             if old is not None:
                 _retire(old, self._name)
         self.store.activate(version)
         logger.info('%s: now serving model version %s', self._name, version)
-        self._notify()
 
     def _exclusive_swap(self, folder: Path, version: str) -> None:
         """Release the old model, then build the new one; on failure build the old one again."""
@@ -335,6 +335,7 @@ class ModelManager:
                 raise
             with self._lock:
                 self._active = new
+                self._errors.pop(UPDATE_ERROR_KEY, None)
         finally:
             with self._lock:
                 self._updating_to = None
