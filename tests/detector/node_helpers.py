@@ -16,9 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import engineio
 import numpy as np
-import socketio
 from PIL import Image
 
 from llnode.detector import DetectorFactory, DetectorLogic, DetectorNode
@@ -36,6 +34,7 @@ from llnode.schema import (
     Shape,
 )
 from tests.polling import wait_for
+from tests.sio_client import SioClient
 
 #: the version of the model the tests install before the node starts
 MODEL_VERSION = '0.0'
@@ -55,8 +54,6 @@ FLAT_SHAPE = '1,1,5,6,7,2'
 #: the Socket.IO transport each server gives a client
 EXPECTED_TRANSPORT = {'waitress': 'polling', 'werkzeug': 'websocket'}
 
-#: name prefix of the test clients' threads (python-engineio's client may keep a thread a while after a close)
-CLIENT_THREADS = 'test-client-'
 
 Result = Callable[[str, np.ndarray], ImageMetadata]
 
@@ -356,24 +353,6 @@ def jpeg_dict(data: bytes) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Socket.IO clients
-
-
-class _NamedEngineIOClient(engineio.Client):
-    def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
-        name = f'{CLIENT_THREADS}{getattr(target, "__name__", "task")}'
-        thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True, name=name)
-        thread.start()
-        return thread
-
-
-class SioClient(socketio.Client):
-    """A plain python-socketio client (no reconnection) whose threads are recognisable."""
-
-    def __init__(self) -> None:
-        super().__init__(reconnection=False)
-
-    def _engineio_client_class(self) -> type[engineio.Client]:
-        return _NamedEngineIOClient
 
 
 def connect_client(url: str, server: str) -> SioClient:

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import engineio
 import pytest
 import requests
 import socketio
@@ -17,30 +16,9 @@ import socketio
 from llnode.config import Settings
 from llnode.node import Node
 from tests.node.conftest import Served, new_threads_gone, wait_for
+from tests.sio_client import CLIENT_THREADS, SioClient
 
 EXPECTED_TRANSPORT = {'waitress': 'polling', 'werkzeug': 'websocket'}
-
-#: Threads of the test's own Socket.IO client; the leak checks are about the node's threads. (python-engineio's
-#: client sometimes keeps its write loop for up to 30 s after the server closed a WebSocket; not the node's.)
-CLIENT_THREADS = 'test-client-'
-
-
-class _NamedEngineIOClient(engineio.Client):
-    def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
-        name = f'{CLIENT_THREADS}{getattr(target, "__name__", "task")}'
-        thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True, name=name)
-        thread.start()
-        return thread
-
-
-class Client(socketio.Client):
-    """A plain python-socketio client whose threads are recognisable."""
-
-    def __init__(self) -> None:
-        super().__init__(reconnection=False)
-
-    def _engineio_client_class(self) -> type[engineio.Client]:
-        return _NamedEngineIOClient
 
 
 def echo_node(settings: Settings) -> Node:
@@ -73,7 +51,7 @@ def test_client_calls_an_event_over_the_expected_transport(
     assert opened['upgrades'] == (['websocket'] if server == 'werkzeug' else [])
     assert opened['maxPayload'] == 64 * 1024 * 1024
 
-    client = Client()
+    client = SioClient()
     client.connect(served.url, socketio_path='/ws/socket.io', wait_timeout=5)
     try:
         wait_for(lambda: client.transport() == EXPECTED_TRANSPORT[server], what=f'{EXPECTED_TRANSPORT[server]}')
@@ -89,7 +67,7 @@ def test_client_calls_an_event_over_the_expected_transport(
 
 def test_waitress_refuses_a_websocket_only_client(settings: Settings, serve: Callable[..., Served]) -> None:
     served = serve(echo_node(settings), 'waitress')
-    client = Client()
+    client = SioClient()
     with pytest.raises(socketio.exceptions.ConnectionError):
         client.connect(served.url, socketio_path='/ws/socket.io', transports=['websocket'], wait_timeout=3)
     client.disconnect()
@@ -103,7 +81,7 @@ def test_stop_disconnects_connected_clients_within_bounds(
     disconnected = threading.Event()
     node.sio.on('disconnect', lambda sid, *reason: disconnected.set())
     served = serve(node, server)
-    client = Client()
+    client = SioClient()
     client.connect(served.url, socketio_path='/ws/socket.io', wait_timeout=5)
     wait_for(lambda: client.transport() == EXPECTED_TRANSPORT[server], what='the transport')
     assert client.call('echo', 1, timeout=5) == {'echo': 1}
