@@ -27,7 +27,6 @@ import importlib.util
 import io
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 import requests
 import socketio
+from machine import machine  # bench/machine.py: benchmarks run as scripts from bench/
 from PIL import Image, ImageDraw, ImageFilter
 from urllib3 import encode_multipart_formdata
 
@@ -787,13 +787,7 @@ def main(argv: list[str] | None = None) -> int:
                 clients=args.clients,
                 rounds=3,
             )
-    result['machine'] = {
-        'cpu_count': os.cpu_count(),
-        'platform': platform.platform(),
-        'python': platform.python_version(),
-        'load_average_before': [round(x, 2) for x in load_before],
-        'load_average_after': [round(x, 2) for x in os.getloadavg()],
-    }
+    result['machine'] = machine(load_before)
     result['targets'] = {
         'rest_sequential_p50_ms': TARGET_REST_P50_MS,
         'rest_concurrent_requests_per_s': TARGET_REST_CONCURRENT_RPS,

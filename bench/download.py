@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from machine import machine  # bench/machine.py: benchmarks run as scripts from bench/
 
 from llnode.localloop import LocalLoop
 from llnode.loop.exchange import DEFAULT_MAX_WORKERS, DataExchange
@@ -96,13 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         'images': args.images,
         'image_size': '640x480 jpeg',
         'max_workers': args.workers,
-        'machine': {
-            'cpu_count': os.cpu_count(),
-            'platform': platform.platform(),
-            'python': platform.python_version(),
-            'load_average_before': [round(x, 2) for x in load_before],
-            'load_average_after': [round(x, 2) for x in os.getloadavg()],
-        },
+        'machine': machine(load_before),
         'no_delay': fast,
         'with_delay': slow,
         'targets': {

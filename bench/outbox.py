@@ -8,8 +8,7 @@
   until the outbox is empty (median of ``--repeats`` runs).
 
 The images are the local Loop's demo drawings (640x480 JPEG, ~10 KB each). The ``/detect`` autoupload
-comparison (detection latency with and without autoupload through the node) is added by
-:func:`detect_autoupload_figures` once the detector node exists.
+comparison (latency with ``autoupload: all`` and ``disabled`` through a served detector) is in ``bench/detect.py``.
 
     python bench/outbox.py [--images 1000] [--repeats 3] [--enqueues 1000] [--saves 300]
 """
@@ -20,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import machine  # bench/machine.py: benchmarks run as scripts from bench/
 from PIL import Image
 
 from llnode.detector.outbox import Outbox
@@ -147,13 +146,6 @@ def upload_rate(loop: LocalLoop, folder: Path, jpegs: list[bytes], count: int) -
     return count / elapsed
 
 
-def detect_autoupload_figures(loop: LocalLoop, root: Path) -> dict[str, Any] | None:
-    """LEAD: ``/detect`` latency with ``autoupload=all`` vs ``disabled`` through the detector node goes here
-    (start a node on ``loop``, post the same 640x480 JPEG N times each way, report p50/p99 of both and the
-    difference). Returns None until the node exists."""
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--images', type=int, default=1000, help='images per upload run')
@@ -177,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             save_bytes = save_figures(loop, root / 'save-bytes', jpegs, args.saves)
             save_array = save_figures(loop, root / 'save-array', arrays, args.saves // 3)
             rates = [upload_rate(loop, root / f'upload-{n}', jpegs, args.images) for n in range(args.repeats)]
-            detect = detect_autoupload_figures(loop, root)
         finally:
             loop.stop()
     upload = {
@@ -189,19 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         'benchmark': 'outbox',
         'image_size': '640x480',
-        'machine': {
-            'cpu_count': os.cpu_count(),
-            'platform': platform.platform(),
-            'python': platform.python_version(),
-            'load_average_before': [round(x, 2) for x in load_before],
-            'load_average_after': [round(x, 2) for x in os.getloadavg()],
-        },
+        'machine': machine(load_before),
         'enqueue_jpeg_bytes': enqueue_bytes,
         'enqueue_raw_array': enqueue_array,
         'save_jpeg_bytes': save_bytes,
         'save_raw_array': save_array,
         'upload': upload,
-        'detect_autoupload': detect,
         'targets': {'upload_images_per_s': TARGET_UPLOAD_IPS},
         'met': {'upload_images_per_s': upload['images_per_s'] >= TARGET_UPLOAD_IPS},
     }
