@@ -36,9 +36,12 @@ from llnode.detector.logic import DetectorFactory
 from llnode.detector.model_store import ModelStore, RetryBackoff, is_version
 from llnode.detector.outbox import Outbox, OutboxClosed, OutboxFull
 from llnode.detector.relevance import RelevanceFilter
+from llnode.detector.rest import detector_blueprints
+from llnode.detector.socket_events import register_socket_events
 from llnode.detector.status_sync import StatusReporter
 from llnode.loop.errors import LoopError, LoopHTTPError
 from llnode.node.errors import BadRequest, InsufficientStorage, Unavailable, Unprocessable
+from llnode.node.identity import node_key
 from llnode.node.node import Node
 from llnode.node.repeat import REPEAT_INTERVAL
 from llnode.schema import (
@@ -182,14 +185,11 @@ class DetectorNode(Node):
             name=self.key,
         )
         self._status = StatusReporter(self._send_status, name=f'llnode-status-{self.key}')
-        from llnode.detector.socket_events import register_socket_events
-
         register_socket_events(self)
 
     @property
     def key(self) -> str:
-        from llnode.node.identity import node_key
-
+        """The node name as used in thread names and ``uuids.json`` (lower case, ``_`` for spaces)."""
         return node_key(self.name)
 
     def _default_version_mode(self) -> VersionMode:
@@ -230,8 +230,6 @@ class DetectorNode(Node):
         return True
 
     def blueprints(self) -> list[Blueprint]:
-        from llnode.detector.rest import detector_blueprints
-
         return [*super().blueprints(), *detector_blueprints(self)]
 
     # ------------------------------------------------------------------ inference
