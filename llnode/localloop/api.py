@@ -15,7 +15,7 @@ from flask import Blueprint, Response, jsonify, make_response, request, send_fil
 
 from llnode.localloop import archives, generator
 from llnode.localloop.app import SESSION_COOKIE, context, require_login
-from llnode.localloop.errors import BadRequest, LoopApiError, NotFound, Unauthorized, Unprocessable
+from llnode.localloop.errors import BadRequest, Conflict, LoopApiError, NotFound, Unauthorized, Unprocessable
 from llnode.localloop.store import IMAGE_STATES, check_slug
 from llnode.localloop.uploads import DETECTION_LISTS, outbox_images, read_parts
 
@@ -165,8 +165,19 @@ def upload_training_model(organization: str, project: str, training_number: str,
     if number < 1:
         raise Unprocessable(f'training {number} does not exist: training numbers start at 1')
     files = _validated_model_upload(organization, project, model_format)
-    model = context().store.model_for_training(organization, project, number, host=request.host)
-    return _store_format(organization, project, model, model_format, files)
+    store = context().store
+    model = store.model_for_training(organization, project, number, host=request.host)
+    try:
+        response = _store_format(organization, project, model, model_format, files)
+    except Conflict:
+        store.log_model_upload(
+            organization, project, training_number=number, model_format=model_format, model_id=model['id'], status=409
+        )
+        raise
+    store.log_model_upload(
+        organization, project, training_number=number, model_format=model_format, model_id=model['id'], status=200
+    )
+    return response
 
 
 def _validated_model_upload(organization: str, project: str, model_format: str) -> Any:
@@ -245,6 +256,28 @@ def deployment_target(organization: str, project: str) -> Any:
 @api.post(f'{PROJECT}/detections')
 def detections(organization: str, project: str) -> Any:
     _project(organization, project)
+    store = context().store
+    try:
+        stored = _store_detections(organization, project)
+    except LoopApiError as e:
+        store.log_detection_post(organization, project, _posted_image_ids(), status=e.status)
+        raise
+    store.log_detection_post(organization, project, _posted_image_ids(), status=200, stored=stored)
+    return jsonify(stored=stored)
+
+
+def _posted_image_ids() -> list[str]:
+    """The ``image_id`` of each item of the JSON array in the request body (for the detections counter)."""
+    try:
+        items = json.loads(request.get_data(cache=True) or b'null')
+    except (UnicodeDecodeError, ValueError):
+        return []
+    if not isinstance(items, list):
+        return []
+    return [str(item.get('image_id')) for item in items if isinstance(item, dict)]
+
+
+def _store_detections(organization: str, project: str) -> int:
     items = _json_body()
     if not isinstance(items, list):
         raise Unprocessable('expected a JSON array of Detections objects')
@@ -257,8 +290,7 @@ def detections(organization: str, project: str) -> Any:
             value = item.get(key, [])
             if not isinstance(value, list) or not all(isinstance(d, dict) for d in value):
                 raise Unprocessable(f'item {n}: "{key}" must be a list of objects')
-    stored = context().store.put_detections(organization, project, items)
-    return jsonify(stored=stored)
+    return context().store.put_detections(organization, project, items)
 
 
 @api.post(f'{PROJECT}/images')

@@ -30,6 +30,7 @@ class LoopContext:
     store: Store
     hub: Any = None
     stopping: threading.Event = field(default_factory=threading.Event)
+    faults: Any = None  #: the server's :class:`~llnode.localloop.faults.FaultRules`
 
 
 def context() -> LoopContext:
@@ -52,6 +53,7 @@ def create_app(ctx: LoopContext) -> Flask:
     """A Flask app serving ``/api`` (the Loop's REST API) and ``/control`` (what a person does in the web UI)."""
     from llnode.localloop.api import api
     from llnode.localloop.control import control
+    from llnode.localloop.faults import FAULTS_PATH, faults
 
     app = Flask('llnode.localloop')
     app.config['MAX_CONTENT_LENGTH'] = MAX_CONTENT_LENGTH
@@ -60,6 +62,7 @@ def create_app(ctx: LoopContext) -> Flask:
     app.extensions['llnode_loop'] = ctx
     app.register_blueprint(api, url_prefix='/api')
     app.register_blueprint(control, url_prefix='/control')
+    app.register_blueprint(faults, url_prefix=FAULTS_PATH)
 
     @app.errorhandler(LoopApiError)
     def loop_api_error(e: LoopApiError) -> Any:

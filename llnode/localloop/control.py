@@ -219,6 +219,20 @@ def uploads(organization: str, project: str) -> Any:
     return jsonify(batches=context().store.upload_batches(organization, project))
 
 
+@control.get(f'{PROJECT}/model_uploads')
+def model_uploads(organization: str, project: str) -> Any:
+    """Every trainer model upload received (200 = stored, 409 = already stored), to count them."""
+    context().store.require_project(organization, project)
+    return jsonify(model_uploads=context().store.model_uploads(organization, project))
+
+
+@control.get(f'{PROJECT}/detection_posts')
+def detection_posts(organization: str, project: str) -> Any:
+    """Every detections POST received, with the image ids of its items, to count them."""
+    context().store.require_project(organization, project)
+    return jsonify(detection_posts=context().store.detection_posts(organization, project))
+
+
 # ---------------------------------------------------------------------- models and deployment
 
 

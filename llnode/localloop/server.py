@@ -20,6 +20,7 @@ import socketio
 
 from llnode.config import Settings
 from llnode.localloop.app import LoopContext, create_app
+from llnode.localloop.faults import FaultMiddleware, FaultRules
 from llnode.localloop.generator import DEMO_ORGANIZATION, DEMO_PROJECT, seed_demo
 from llnode.localloop.sockets import NodeHub
 from llnode.localloop.store import Store
@@ -87,6 +88,8 @@ class LocalLoop:
         self.store: Store = None  # type: ignore[assignment]  # set by start()
         self.sio: socketio.Server = None  # set by start()
         self.hub: NodeHub | None = None
+        #: fault rules (see :meth:`inject_fault`); they outlive a restart of the server
+        self.faults = FaultRules()
         self._context: LoopContext | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -142,8 +145,9 @@ class LocalLoop:
         hub = NodeHub(
             self.store, allow_upgrades=self.websocket, ping_interval=self.ping_interval, ping_timeout=self.ping_timeout
         )
-        context = LoopContext(self.store, hub)
+        context = LoopContext(self.store, hub, faults=self.faults)
         wsgi: Any = socketio.WSGIApp(hub.sio, create_app(context), socketio_path='ws/socket.io')
+        wsgi = FaultMiddleware(wsgi, self.faults)
         if self.delay_ms:
             wsgi = DelayMiddleware(wsgi, self.delay_ms, context.stopping)
         if self.websocket:
@@ -224,6 +228,30 @@ class LocalLoop:
     def nodes(self) -> list[dict[str, Any]]:
         """Nodes with their last status and live connection state."""
         return self._running_hub().nodes()
+
+    # ------------------------------------------------------------------ faults for tests
+
+    def inject_fault(
+        self,
+        method: str | None,
+        path: str,
+        status: int,
+        *,
+        count: int = 1,
+        retry_after: float | None = None,
+        detail: Any = None,
+    ) -> dict[str, Any]:
+        """Answer the next ``count`` requests matching ``method`` (``*``/None: any) and the regex ``path`` (searched
+        in the request path) with ``status`` (and ``Retry-After``); returns the rule. See :mod:`llnode.localloop.faults`."""
+        return self.faults.add(method, path, status, count=count, retry_after=retry_after, detail=detail)
+
+    def clear_faults(self) -> None:
+        """Remove every fault rule."""
+        self.faults.clear()
+
+    def fault_rules(self) -> list[dict[str, Any]]:
+        """Every fault rule with how many faults it has ``left`` and how many ``hits`` it answered."""
+        return self.faults.rules()
 
     def __enter__(self) -> LocalLoop:
         if not self.running:

@@ -84,6 +84,12 @@ CREATE TABLE IF NOT EXISTS trainings (
 CREATE TABLE IF NOT EXISTS training_updates (
     id INTEGER PRIMARY KEY AUTOINCREMENT, organization TEXT NOT NULL, project TEXT NOT NULL, trainer_id TEXT,
     payload TEXT NOT NULL, received TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS model_uploads (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, organization TEXT NOT NULL, project TEXT NOT NULL,
+    training_number INTEGER, format TEXT NOT NULL, model_id TEXT, status INTEGER NOT NULL, received TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS detection_posts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, organization TEXT NOT NULL, project TEXT NOT NULL, status INTEGER NOT NULL,
+    image_ids TEXT NOT NULL, stored INTEGER NOT NULL, received TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS upload_batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT, organization TEXT NOT NULL, project TEXT NOT NULL, received TEXT NOT NULL,
     status INTEGER NOT NULL, detail TEXT, parts TEXT NOT NULL, image_ids TEXT NOT NULL);
@@ -287,6 +293,8 @@ class Store:
                 'deployments',
                 'trainings',
                 'training_updates',
+                'model_uploads',
+                'detection_posts',
                 'upload_batches',
                 'projects',
             ):
@@ -892,6 +900,69 @@ class Store:
             (organization, project),
         )
         return [json.loads(r['payload']) for r in rows]
+
+    # ------------------------------------------------------------------ counters of what trainers sent
+
+    def log_model_upload(
+        self,
+        organization: str,
+        project: str,
+        *,
+        training_number: int | None,
+        model_format: str,
+        model_id: str | None,
+        status: int,
+    ) -> None:
+        """Record one trainer model upload (#8): ``status`` 200 = stored, 409 = that format was stored already."""
+        with self._tx() as db:
+            db.execute(
+                'INSERT INTO model_uploads (organization, project, training_number, format, model_id, status, '
+                'received) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                (organization, project, training_number, model_format, model_id, status, now()),
+            )
+
+    def model_uploads(self, organization: str, project: str) -> list[dict[str, Any]]:
+        """Every trainer model upload that reached the API, oldest first:
+        ``{training_number, format, model_id, status, received}`` (200 = stored, 409 = already stored)."""
+        rows = self._query(
+            'SELECT * FROM model_uploads WHERE organization = ? AND project = ? ORDER BY id', (organization, project)
+        )
+        return [
+            {
+                'training_number': r['training_number'],
+                'format': r['format'],
+                'model_id': r['model_id'],
+                'status': r['status'],
+                'received': r['received'],
+            }
+            for r in rows
+        ]
+
+    def log_detection_post(
+        self, organization: str, project: str, image_ids: Sequence[str], *, status: int, stored: int = 0
+    ) -> None:
+        """Record one ``POST …/detections`` (#9) with the image ids of its items, in order."""
+        with self._tx() as db:
+            db.execute(
+                'INSERT INTO detection_posts (organization, project, status, image_ids, stored, received) '
+                'VALUES (?, ?, ?, ?, ?, ?)',
+                (organization, project, status, _json(list(image_ids)), stored, now()),
+            )
+
+    def detection_posts(self, organization: str, project: str) -> list[dict[str, Any]]:
+        """Every detections POST that reached the API, oldest first: ``{status, image_ids, stored, received}``."""
+        rows = self._query(
+            'SELECT * FROM detection_posts WHERE organization = ? AND project = ? ORDER BY id', (organization, project)
+        )
+        return [
+            {
+                'status': r['status'],
+                'image_ids': json.loads(r['image_ids']),
+                'stored': r['stored'],
+                'received': r['received'],
+            }
+            for r in rows
+        ]
 
     # ------------------------------------------------------------------ upload log
 
