@@ -276,9 +276,6 @@ class StopCheck(Callback):
 
     execution_order = ORDER_STOP_CHECK
 
-    def on_train_begin(self, run: TrainingRun, logs: Logs) -> None:
-        run.check_stop()
-
     def on_epoch_begin(self, run: TrainingRun, epoch: int, logs: Logs) -> None:
         run.check_stop()
 
