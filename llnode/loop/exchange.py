@@ -78,12 +78,28 @@ class DownloadReport:
 class DataExchange:
     """The data a training or an annotation needs, fetched from (and sent to) the Loop through ``client``.
 
-    ``max_workers`` bounds the parallel image downloads.
+    ``max_workers`` bounds the parallel image downloads. ``organization`` and ``project`` name the project to
+    talk about when it is not the one in the client's settings (a trainer works on the project each training
+    names; the reference takes it from the training's context).
     """
 
-    def __init__(self, client: LoopClient, *, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
+    def __init__(
+        self,
+        client: LoopClient,
+        *,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        organization: str | None = None,
+        project: str | None = None,
+    ) -> None:
         if max_workers < 1:
             raise ValueError(f'max_workers must be at least 1, got {max_workers}')
+        if (organization is None) != (project is None):
+            raise ValueError('give both organization and project, or neither')
+        self._project_path: str | None = None
+        if organization is not None and project is not None:
+            self._project_path = (
+                f'/{_path_part(organization, "organization")}/projects/{_path_part(project, "project")}'
+            )
         self.client = client
         self.max_workers = max_workers
         if max_workers > client.pool_size:
@@ -93,13 +109,19 @@ class DataExchange:
                 client.pool_size,
             )
 
+    def project_url(self, suffix: str = '') -> str:
+        """``/{org}/projects/{project}`` + ``suffix`` (below ``/api``) for this exchange's project."""
+        if self._project_path is None:
+            return self.client.project_url(suffix)
+        return self._project_path + suffix
+
     # -- images ------------------------------------------------------------------------------------------
 
     def image_ids(self, state: str | None = None) -> list[str]:
         """Ids of the project's images, all of them or those in ``state`` (inbox, annotate, review, complete)."""
         if state is not None and state not in IMAGE_STATES:
             raise ValueError(f'state must be one of {", ".join(IMAGE_STATES)} or None, got {state!r}')
-        path = self.client.project_url('/data' + (f'?state={state}' if state else ''))
+        path = self.project_url('/data' + (f'?state={state}' if state else ''))
         body = self.client.json('GET', path)
         ids = body.get('image_ids') if isinstance(body, dict) else None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -118,7 +140,7 @@ class DataExchange:
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(unique), METADATA_CHUNK):
             chunk = unique[start : start + METADATA_CHUNK]
-            path = self.client.project_url('/images?ids=' + ','.join(chunk))
+            path = self.project_url('/images?ids=' + ','.join(chunk))
             body = self.client.json('GET', path)
             items = body.get('images') if isinstance(body, dict) else None
             if not isinstance(items, list):
@@ -227,7 +249,7 @@ class DataExchange:
 
         Errors that concern the session rather than this image (a refused login) are raised.
         """
-        path = self.client.project_url(f'/images/{image_id}/main')
+        path = self.project_url(f'/images/{image_id}/main')
         try:
             response = self.client.request('GET', path, stream=True)
         except LoopConnectionError as e:
@@ -276,7 +298,7 @@ class DataExchange:
         zip raises :class:`LoopProtocolError` / :class:`ModelArchiveError`; see
         :func:`~llnode.loop.archive.extract_model_zip` for how the folder is filled and ``replace``.
         """
-        path = self.client.project_url(f'/models/{_path_part(model_uuid, "model_uuid")}/')
+        path = self.project_url(f'/models/{_path_part(model_uuid, "model_uuid")}/')
         path += f'{_path_part(model_format, "model_format")}/file'
         target = Path(target_folder)
         response = self.client.request('GET', path, requires_login=False, timeout=timeout, stream=True)
@@ -307,7 +329,7 @@ class DataExchange:
         if isinstance(training_number, bool) or not isinstance(training_number, int) or training_number < 0:
             raise ValueError(f'training_number must be an integer >= 0, got {training_number!r}')
         paths = _checked_upload_files(files)
-        path = self.client.project_url(
+        path = self.project_url(
             f'/trainings/{training_number}/models/latest/{_path_part(model_format, "model_format")}/file'
         )
         with MultipartFiles('files', paths) as body:
@@ -362,7 +384,7 @@ class DataExchange:
             except (TypeError, ValueError) as e:
                 raise ValueError(f'detections[{first}:{first + len(chunk)}] cannot be sent as JSON: {e}') from e
             bodies.append((first + len(chunk), payload.encode()))
-        path = self.client.project_url('/detections')
+        path = self.project_url('/detections')
         for next_index, body in bodies:
             response = self.client.request('POST', path, data=body, headers={'Content-Type': 'application/json'})
             with closing(response):

@@ -1,0 +1,493 @@
+"""The trainer's state machine: a plain enum loop in one named worker thread, checkpointed after every transition.
+
+It reads like a worker's main loop (python-rq): take the current training, run the stage that starts in its
+state (:data:`~llnode.trainer.stages.STAGE_FROM`), record the outcome, repeat until cleanup; then wait for the
+next training. Outcomes of a stage (reference-behaviour §4.3, with 0.27's back-off and a limit the reference
+lacks):
+
+- success: the stage's error and attempts are cleared, the state moves on;
+- any other exception: the error is recorded, the state goes back to where the stage started, and the stage is
+  retried after ``retry_delay * 2**(n-1)`` seconds (at most ``max_retry_delay``); after ``max_attempts``
+  failures in a row the training is given up: cleanup, with the error kept in the status;
+- :class:`CriticalError`: cleanup at once, the error kept;
+- abort (``abort_training``): cleanup without uploads, in every state;
+- node shutdown: the stage is interrupted (the run's cancel event reaches transfers; ``logic.abort(run)`` ends a
+  training), the state goes back to where the stage started and the checkpoint keeps it for the restart.
+
+``_lock`` (owned by the machine) guards ``_training``, ``_run``, ``_work``, ``_last_errors``, ``_node_errors``
+and every change of the training record; checkpoint writes happen under it, so a record on disk is always one
+the machine has seen whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llnode.loop.exchange import DataExchange
+from llnode.schema import TrainerState, TrainingDetails
+from llnode.trainer.logic import BestState, CriticalError, TrainerLogic, TrainingInterrupted
+from llnode.trainer.run import Run
+from llnode.trainer.stages import STAGE_FROM, Stage, StageWork
+from llnode.trainer.training import Checkpoint, CheckpointError, Training
+
+logger = logging.getLogger('llnode.trainer.machine')
+
+#: Reference 0.27 (§5.4): the first retry after 5 s, doubling up to 300 s.
+RETRY_DELAY = 5.0
+MAX_RETRY_DELAY = 300.0
+#: Failures in a row after which a stage gives the training up (the reference retries forever).
+MAX_ATTEMPTS = 10
+
+#: Status progress per state is taken from here (the ``running`` stage reports through the run).
+_PROGRESS_STATES = frozenset(
+    {
+        TrainerState.DATA_DOWNLOADING,
+        TrainerState.DETECTING,
+        TrainerState.TRAIN_MODEL_UPLOADING,
+        TrainerState.DETECTION_UPLOADING,
+    }
+)
+
+
+class TrainingRefused(Exception):
+    """``begin_training`` while a training is active: nothing was changed (acked with ``payload: 'refused'``)."""
+
+
+def retry_delay(failures: int, base: float = RETRY_DELAY, maximum: float = MAX_RETRY_DELAY) -> float:
+    """Seconds before the retry after ``failures`` failures in a row: 5, 10, 20, ... up to 300."""
+    return float(min(maximum, base * 2 ** min(max(failures, 1) - 1, 30)))
+
+
+@dataclass
+class Snapshot:
+    """The machine as the status shows it."""
+
+    state: str
+    errors: dict[str, str] = field(default_factory=dict)
+    progress: float | None = None
+    uptime: float | None = None
+    context: dict[str, str] | None = None
+    training: Training | None = None
+
+
+class TrainingMachine:
+    """Runs the trainings of one trainer node, one at a time.
+
+    ``make_exchange(organization, project)`` gives the data exchange for a training's project;
+    ``send_metrics(training, state)`` publishes a best state (True when the Loop acknowledged it);
+    ``on_cleanup(training)`` runs just before a finished training is cleared (the node reports
+    ``ready_for_cleanup``), ``on_cleared(training)`` right after (the node reports ``idle``, may restart).
+    """
+
+    def __init__(
+        self,
+        logic: TrainerLogic,
+        *,
+        data_folder: Path,
+        node_uuid: str,
+        node_name: str,
+        make_exchange: Callable[[str, str], DataExchange],
+        send_metrics: Callable[[Training, BestState], bool],
+        on_cleanup: Callable[[Training], None] | None = None,
+        on_cleared: Callable[[Training], None] | None = None,
+        inference_batch_size: int = 10,
+        max_attempts: int | None = MAX_ATTEMPTS,
+        retry_delay: float = RETRY_DELAY,
+        max_retry_delay: float = MAX_RETRY_DELAY,
+        metrics_interval: float = 5.0,
+        keep_old_trainings: bool = False,
+        thread_name: str = 'llnode-trainer',
+    ) -> None:
+        if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
+            raise ValueError(f'max_attempts must be a positive integer or None (no limit), got {max_attempts!r}')
+        if not 0 <= retry_delay <= max_retry_delay:
+            raise ValueError(f'need 0 <= retry_delay <= max_retry_delay, got {retry_delay}, {max_retry_delay}')
+        self.logic = logic
+        self.data_folder = Path(data_folder)
+        self.node_uuid = node_uuid
+        self.node_name = node_name
+        self.checkpoint = Checkpoint(self.data_folder, node_uuid)
+        self._make_exchange = make_exchange
+        self._send_metrics = send_metrics
+        self._on_cleanup = on_cleanup
+        self._on_cleared = on_cleared
+        self.inference_batch_size = inference_batch_size
+        self.max_attempts = max_attempts
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.metrics_interval = metrics_interval
+        self.keep_old_trainings = keep_old_trainings
+
+        self._lock = threading.Lock()
+        self._training: Training | None = None
+        self._run: Run | None = None
+        self._work: StageWork | None = None
+        self._last_errors: dict[str, str] = {}  # errors of the last training, shown until the next one begins
+        self._node_errors: dict[str, str] = {}  # e.g. a corrupt checkpoint
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._idle = threading.Event()  # set while the worker has no training
+        self._idle.set()
+        self._thread = threading.Thread(target=self._loop, name=thread_name, daemon=True)
+        #: seconds spent in each stage outside the logic's own hooks (for bench/trainer.py); worker thread only
+        self.stage_seconds: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ public API
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def training(self) -> Training | None:
+        with self._lock:
+            return self._training
+
+    @property
+    def run(self) -> Run | None:
+        with self._lock:
+            return self._run
+
+    @property
+    def active(self) -> bool:
+        with self._lock:
+            return self._training is not None
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no training is active (for resets and tests)."""
+        return self._idle.wait(timeout)
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            training, run, work = self._training, self._run, self._work
+            errors = {**self._node_errors}
+            if training is None:
+                return Snapshot('idle', {**self._last_errors, **errors})
+            state = training.training_state
+            errors.update(training.errors)
+            progress: float | None = None
+            if state == TrainerState.RUNNING and run is not None:
+                progress = run.progress
+            elif state in _PROGRESS_STATES and work is not None:
+                progress = work.progress
+            return Snapshot(state.value, errors, progress, training.uptime, training.context, training)
+
+    def begin(self, organization: str, project: str, details: TrainingDetails) -> Training:
+        """Create and checkpoint a new training and let the worker run it; :class:`TrainingRefused` if one is active."""
+        with self._lock:
+            if self._training is not None:
+                active = self._training
+                raise TrainingRefused(
+                    f'training {active.id} (#{active.training_number} of {active.organization}/{active.project}) '
+                    f'is still active ({active.training_state.value})'
+                )
+            if self._stop.is_set():
+                raise TrainingRefused('the trainer is shutting down')
+            if not self.keep_old_trainings:
+                _delete_old_trainings(self.data_folder / organization / project / 'trainings')
+            training = Training.create(self.data_folder, organization, project, details)
+            self.checkpoint.save(training)
+            self._activate(training)
+            self._last_errors = {}
+        logger.info(
+            'training %s begins: #%d of %s/%s, variant %r, base model %s',
+            training.id,
+            training.training_number,
+            organization,
+            project,
+            training.model_variant,
+            training.base_model_uuid,
+        )
+        self._wake.set()
+        return training
+
+    def resume(self) -> bool:
+        """Continue the checkpointed training when none is active; True if one was loaded.
+
+        An unusable checkpoint is moved aside and reported in the status errors (key ``checkpoint``).
+        """
+        with self._lock:
+            if self._training is not None or self._stop.is_set():
+                return False
+            try:
+                training = self.checkpoint.load()
+            except CheckpointError as e:
+                moved = self.checkpoint.move_aside()
+                self._node_errors['checkpoint'] = f'{e} (moved aside to {moved.name if moved else "?"})'
+                return False
+            if training is None:
+                return False
+            training.images_folder.mkdir(parents=True, exist_ok=True)
+            training.training_folder.mkdir(parents=True, exist_ok=True)
+            past_download = training.training_state not in (TrainerState.INITIALIZED, TrainerState.READY_FOR_CLEANUP)
+            if past_download and not training.image_data_path.is_file():
+                logger.warning('training %s: its downloaded data is gone; starting it over', training.id)
+                training.training_state = TrainerState.INITIALIZED
+            self.checkpoint.save(training)
+            self._activate(training)
+        logger.info('training %s resumes at %s', training.id, training.training_state.value)
+        self._wake.set()
+        return True
+
+    def request_stop(self) -> bool:
+        """A graceful stop: only while ``running`` (0.27); the logic's ``stop(run)`` is called. True if it acted."""
+        with self._lock:
+            training, run = self._training, self._run
+            if training is None or run is None or training.training_state != TrainerState.RUNNING:
+                state = training.training_state.value if training is not None else 'idle'
+                logger.info('stop_training ignored: the trainer is %s, not running', state)
+                return False
+            training.stop_requested = True
+            self.checkpoint.save(training)
+        logger.info('training %s: stop requested', training.id)
+        run.request_stop()
+        try:
+            self.logic.stop(run)
+        except Exception:
+            logger.exception('logic.stop failed')
+        return True
+
+    def request_abort(self) -> bool:
+        """Discard the training in whatever state it is (no uploads); the logic's ``abort(run)`` is called."""
+        with self._lock:
+            training, run = self._training, self._run
+            if training is None or run is None:
+                logger.info('abort_training ignored: no training is active')
+                return False
+            training.abort_requested = True
+            self.checkpoint.save(training)
+        logger.info('training %s: abort requested', training.id)
+        run.request_abort()
+        try:
+            self.logic.abort(run)
+        except Exception:
+            logger.exception('logic.abort failed')
+        self._wake.set()
+        return True
+
+    def clear_errors(self) -> None:
+        """Forget reported errors (backdoor ``/reset`` and ``/provide_new_model off``)."""
+        with self._lock:
+            self._node_errors.clear()
+            self._last_errors.clear()
+            if self._training is not None:
+                self._training.errors.clear()
+
+    def shutdown(self, timeout: float) -> bool:
+        """Stop the worker for a node stop; the checkpoint keeps the last finished stage. True if it ended in time."""
+        self._stop.set()
+        self._wake.set()
+        with self._lock:
+            training, run = self._training, self._run
+        if run is not None:
+            run.request_shutdown()
+            if training is not None and training.training_state == TrainerState.RUNNING:
+                try:
+                    self.logic.abort(run)
+                except Exception:
+                    logger.exception('logic.abort failed during shutdown')
+        ended = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            ended = not self._thread.is_alive()
+            if not ended:
+                logger.warning('the training worker did not end within %.1f s', timeout)
+        if run is not None:
+            run.publisher.close(timeout=1.0)
+        return ended
+
+    # ------------------------------------------------------------------ worker
+
+    def _activate(self, training: Training) -> None:
+        """Make ``training`` the active one (caller holds ``_lock``)."""
+        run = Run(
+            training,
+            node_uuid=self.node_uuid,
+            node_name=self.node_name,
+            send_metrics=lambda state: self._send_metrics(training, state),
+            on_published=lambda state: self._published(run, state),
+            metrics_interval=self.metrics_interval,
+        )
+        self._training, self._run, self._work = training, run, None
+        self._idle.clear()
+
+    def _published(self, run: Run, state: BestState) -> None:
+        self.logic.on_metrics_published(run, state)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            with self._lock:
+                training, run = self._training, self._run
+            if training is None or run is None:
+                self._idle.set()
+                self._wake.wait()
+                continue
+            try:
+                self._drive(training, run)
+            except Exception:
+                # Only the machine's own bookkeeping gets here (e.g. a checkpoint write on a full disk).
+                logger.exception('training %s: the worker failed; trying again', training.id)
+                self._stop.wait(self.retry_delay or 1.0)
+
+    def _drive(self, training: Training, run: Run) -> None:
+        while not self._stop.is_set():
+            state = training.training_state
+            if state == TrainerState.READY_FOR_CLEANUP:
+                self._cleanup(training, run)
+                return
+            if training.abort_requested:
+                self._transition(training, TrainerState.READY_FOR_CLEANUP)
+                continue
+            stage = STAGE_FROM.get(state)
+            if stage is None:  # cannot happen for a loaded checkpoint (mapped back on load); be safe anyway
+                logger.error('training %s: no stage starts in state %s; cleaning up', training.id, state.value)
+                self._transition(training, TrainerState.READY_FOR_CLEANUP)
+                continue
+            self._perform(training, run, stage)
+
+    def _work_for(self, training: Training, run: Run) -> StageWork:
+        with self._lock:
+            work = self._work
+        if work is None:
+            exchange = self._make_exchange(training.organization, training.project)
+            work = StageWork(training, run, self.logic, exchange, inference_batch_size=self.inference_batch_size)
+            with self._lock:
+                self._work = work
+        return work
+
+    def _transition(self, training: Training, state: TrainerState, **changes: Any) -> None:
+        with self._lock:
+            training.training_state = state
+            for name, value in changes.items():
+                setattr(training, name, value)
+            self.checkpoint.save(training)
+
+    def _perform(self, training: Training, run: Run, stage: Stage) -> None:
+        key = stage.key
+        work = self._work_for(training, run)
+        self._transition(training, stage.during)
+        logger.info('training %s: %s (%s)', training.id, stage.during.value, key)
+        timer = _StageTimer()
+        try:
+            with timer:
+                work.perform(stage)
+        except TrainingInterrupted:
+            self._interrupted(training, run, stage)
+        except CriticalError as e:
+            message = str(e) or type(e).__name__
+            logger.error('training %s: %s failed critically: %s; cleaning up', training.id, key, message)
+            with self._lock:
+                training.errors[key] = message
+                training.attempts.pop(key, None)
+            self._transition(training, TrainerState.READY_FOR_CLEANUP)
+        except Exception as e:
+            if run.cancelled:
+                self._interrupted(training, run, stage)
+                return
+            self._failed(training, run, stage, e)
+        else:
+            with self._lock:
+                training.errors.pop(key, None)
+                training.attempts.pop(key, None)
+                self.stage_seconds[key] = self.stage_seconds.get(key, 0.0) + timer.seconds
+            self._transition(training, stage.after)
+
+    def _interrupted(self, training: Training, run: Run, stage: Stage) -> None:
+        if run.shutdown_requested:
+            logger.info(
+                'training %s: %s interrupted by the node stop; it is redone after restart', training.id, stage.key
+            )
+            self._transition(training, stage.start)
+        else:
+            logger.info('training %s: aborted during %s', training.id, stage.key)
+            self._transition(training, TrainerState.READY_FOR_CLEANUP)
+
+    def _failed(self, training: Training, run: Run, stage: Stage, error: Exception) -> None:
+        key = stage.key
+        message = str(error) or type(error).__name__
+        with self._lock:
+            failures = training.attempts.get(key, 0) + 1
+            training.attempts[key] = failures
+            training.errors[key] = message
+        if self.max_attempts is not None and failures >= self.max_attempts:
+            logger.error(
+                'training %s: %s failed %d times in a row (%s); giving the training up',
+                training.id,
+                key,
+                failures,
+                message,
+            )
+            with self._lock:
+                training.errors[key] = f'{message} (gave up after {failures} attempts)'
+            self._transition(training, TrainerState.READY_FOR_CLEANUP)
+            return
+        delay = retry_delay(failures, self.retry_delay, self.max_retry_delay)
+        logger.warning(
+            'training %s: %s failed (attempt %d): %s; retrying in %.1f s',
+            training.id,
+            key,
+            failures,
+            message,
+            delay,
+        )
+        logger.debug('training %s: %s failure', training.id, key, exc_info=error)
+        self._transition(training, stage.start)
+        run.cancel_event.wait(delay)  # an abort or the node stop ends the wait
+
+    def _cleanup(self, training: Training, run: Run) -> None:
+        run.publisher.close()
+        work = self._work_for(training, run)
+        work.cleanup()
+        if self._on_cleanup is not None:
+            try:
+                self._on_cleanup(training)
+            except Exception:
+                logger.exception('training %s: on_cleanup failed', training.id)
+        with self._lock:
+            self.checkpoint.delete()
+            self._last_errors = dict(training.errors)
+            self._training, self._run, self._work = None, None, None
+            self._idle.set()
+        logger.info(
+            'training %s cleared%s',
+            training.id,
+            f' with errors: {training.errors}' if training.errors else '',
+        )
+        if self._on_cleared is not None:
+            try:
+                self._on_cleared(training)
+            except Exception:
+                logger.exception('training %s: on_cleared failed', training.id)
+
+
+class _StageTimer:
+    """Wall time of a stage (the user's hooks included; the bench subtracts what it measures in the logic)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __enter__(self) -> _StageTimer:
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._started
+
+
+def _delete_old_trainings(folder: Path) -> None:
+    """Delete every earlier training folder of a project (unless ``KEEP_OLD_TRAININGS``)."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
