@@ -4,7 +4,8 @@ Tests use it to see how nodes ride out a Loop that answers 5xx or 429 (with ``Re
 ``LocalLoop.inject_fault('PUT', r'/models/latest/', 503, count=2)``, or over HTTP ``POST /control/faults`` with
 ``{"method": "PUT", "path": "<regex>", "status": 503, "count": 2, "retry_after": 1}`` (``DELETE /control/faults``
 clears every rule, ``GET`` lists them with their hits). ``path`` is a regular expression searched in the request
-path (without the query string); ``method`` ``*`` or null matches every method. A request may match several rules;
+path (without the query string); ``method`` ``*`` or null matches every method; ``after`` lets that many matching
+requests through before the faults begin (e.g. fail the second detections POST). A request may match several rules;
 the oldest rule with faults left answers it. The rules live in the :class:`LocalLoop` object, so they outlive a
 restart of the server. Requests to ``/control/faults`` itself are never faulted.
 """
@@ -39,6 +40,7 @@ class FaultRule:
     count: int
     retry_after: float | None
     detail: Any
+    after: int = 0
     hits: int = 0
 
     def describe(self) -> dict[str, Any]:
@@ -51,6 +53,7 @@ class FaultRule:
             'hits': self.hits,
             'retry_after': self.retry_after,
             'detail': self.detail,
+            'after': self.after,
         }
 
 
@@ -71,8 +74,10 @@ class FaultRules:
         count: int = 1,
         retry_after: float | None = None,
         detail: Any = None,
+        after: int = 0,
     ) -> dict[str, Any]:
-        """Fail the next ``count`` requests matching ``method`` and the regex ``path`` with ``status``."""
+        """Fail ``count`` requests matching ``method`` and the regex ``path`` with ``status``, after letting ``after``
+        matching requests through."""
         if method is not None and (not isinstance(method, str) or not method):
             raise BadRequest(f'"method" must be an HTTP method, "*" or null, got {method!r}')
         if not isinstance(path, str):
@@ -89,9 +94,11 @@ class FaultRules:
             isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)) or retry_after < 0
         ):
             raise BadRequest(f'"retry_after" must be a number of seconds >= 0 or null, got {retry_after!r}')
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise BadRequest(f'"after" must be an integer >= 0, got {after!r}')
         normalized = None if method in (None, '*') else method.upper()
         with self._lock:
-            rule = FaultRule(self._next_id, normalized, pattern, status, count, retry_after, detail)
+            rule = FaultRule(self._next_id, normalized, pattern, status, count, retry_after, detail, after)
             self._next_id += 1
             self._rules.append(rule)
         logger.info('fault rule %d: %s %s -> %d (x%d)', rule.id, normalized or '*', path, status, count)
@@ -113,6 +120,9 @@ class FaultRules:
         with self._lock:
             for rule in self._rules:
                 if rule.count > 0 and rule.method in (None, method.upper()) and rule.path.search(path):
+                    if rule.after > 0:
+                        rule.after -= 1
+                        continue
                     rule.count -= 1
                     rule.hits += 1
                     return rule
@@ -196,7 +206,7 @@ def add_fault() -> Any:
     body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         raise BadRequest('expected a JSON object {method, path, status, count, retry_after, detail}')
-    unknown = sorted(set(body) - {'method', 'path', 'status', 'count', 'retry_after', 'detail'})
+    unknown = sorted(set(body) - {'method', 'path', 'status', 'count', 'retry_after', 'detail', 'after'})
     if unknown:
         raise BadRequest(f'unknown keys: {", ".join(unknown)}')
     rule = _rules().add(
@@ -206,6 +216,7 @@ def add_fault() -> Any:
         count=body.get('count', 1),
         retry_after=body.get('retry_after'),
         detail=body.get('detail'),
+        after=body.get('after', 0),
     )
     return jsonify(rule), 201
 

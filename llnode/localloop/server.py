@@ -240,10 +240,12 @@ class LocalLoop:
         count: int = 1,
         retry_after: float | None = None,
         detail: Any = None,
+        after: int = 0,
     ) -> dict[str, Any]:
-        """Answer the next ``count`` requests matching ``method`` (``*``/None: any) and the regex ``path`` (searched
-        in the request path) with ``status`` (and ``Retry-After``); returns the rule. See :mod:`llnode.localloop.faults`."""
-        return self.faults.add(method, path, status, count=count, retry_after=retry_after, detail=detail)
+        """Answer ``count`` requests matching ``method`` (``*``/None: any) and the regex ``path`` (searched in the
+        request path) with ``status`` (and ``Retry-After``), after letting ``after`` matching requests through;
+        returns the rule. See :mod:`llnode.localloop.faults`."""
+        return self.faults.add(method, path, status, count=count, retry_after=retry_after, detail=detail, after=after)
 
     def clear_faults(self) -> None:
         """Remove every fault rule."""

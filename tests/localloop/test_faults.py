@@ -37,6 +37,13 @@ def test_injected_faults_answer_the_next_matching_requests_then_pass(local_loop:
     assert (described['left'], described['hits']) == (0, 2)
 
 
+def test_after_lets_matching_requests_through_first(local_loop: LocalLoop) -> None:
+    session = login(local_loop)
+    local_loop.inject_fault('GET', r'/data$', 500, count=1, after=2)
+    statuses = [session.get(f'{local_loop.url}{PROJECT}/data', timeout=10).status_code for _ in range(4)]
+    assert statuses == [200, 200, 500, 200]
+
+
 def test_a_rule_matches_its_method_and_path_only(local_loop: LocalLoop) -> None:
     session = login(local_loop)
     local_loop.inject_fault('PUT', r'/models/latest/', 429, count=1)
@@ -79,6 +86,7 @@ def test_control_routes_add_list_and_clear_rules_and_are_never_faulted(local_loo
         {'path': 'x', 'status': 503, 'count': 0},
         {'path': 'x', 'status': 503, 'retry_after': -1},
         {'path': 'x', 'status': 503, 'surprise': 1},
+        {'path': 'x', 'status': 503, 'after': -1},
         ['not', 'an', 'object'],
     ],
 )
