@@ -1,6 +1,7 @@
 """In-process trainers: a training loop driven through ``InProcessTrainerLogic.train`` in a worker thread, with a
 fake run: stop and abort from another thread within one batch, only best states published, the best checkpoint
-as the model files, resuming after a failed attempt, and a tiny real torch training."""
+as the model files, resuming after a failed attempt, and a tiny real torch training. Then end to end: the real
+TrainerNode against the local Loop, a full training to idle and a stop that uploads the best model so far."""
 
 from __future__ import annotations
 
@@ -10,16 +11,30 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
-from llnode.schema import Category
+from llnode.localloop import LocalLoop
+from llnode.schema import Category, Detections, ModelInformation
+from llnode.trainer import TrainerNode
 from llnode.trainer.callbacks import ORDER_CHECKPOINT, Callback, ConfusionCounter
 from llnode.trainer.inprocess import InProcessTrainerLogic, TrainingHooks
 from llnode.trainer.logic import BestState, CriticalError, TrainingInterrupted, TrainingRun
+from tests.polling import wait_for
+from tests.trainer.trainer_support import (
+    ORGANIZATION,
+    PROJECT,
+    accepted_detection_posts,
+    begin,
+    fixed_detections,
+    project_image_ids,
+    stored_uploads,
+    wait_idle,
+)
 
 CATEGORIES = [Category(id='uuid-cat', name='cat', type='classification'), Category(id='uuid-dog', name='dog')]
 JOIN_TIMEOUT = 10.0
@@ -413,3 +428,80 @@ def test_a_tiny_torch_model_trains_and_its_best_state_dict_is_the_model_file(tmp
     assert loaded.keys() == expected.keys()
     assert all(torch.equal(loaded[key], expected[key]) for key in expected)
     assert run.progress[-1] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end: the real TrainerNode against the local Loop over Socket.IO
+
+
+class LoopLogic(InProcessTrainerLogic):
+    """A pure-Python in-process trainer for the node: per-epoch confusion matrices over the training's real
+    categories (tp scripted per epoch), a JSON model naming its epoch, the reference mock's fixed detections."""
+
+    model_format = 'inprocess_json'
+
+    def __init__(self, tps: list[int], *, batches: int = 3, hold_at: tuple[int, int] | None = None) -> None:
+        super().__init__(save_checkpoint=write_json_model)
+        self.tps = tps
+        self.batches = batches
+        self.hold_at = hold_at  # (epoch, batch) where the loop waits until a stop or abort is requested
+        self.holding = threading.Event()
+
+    def fit(self, run: TrainingRun, hooks: TrainingHooks) -> None:
+        model = {'epoch': None}
+        hooks.train_begin(model=model)
+        for epoch in hooks.epochs(len(self.tps)):
+            for batch in hooks.batches(range(self.batches)):
+                model['epoch'] = epoch
+                if (epoch, batch) == self.hold_at:
+                    self.holding.set()
+                    assert run.wait_for_stop(JOIN_TIMEOUT), 'the test never stopped the training'
+            hooks.log(confusion_matrix={c.id: {'tp': self.tps[epoch], 'fp': 2, 'fn': 2} for c in run.categories})
+
+    def detect(
+        self, run: TrainingRun, model_info: ModelInformation, model_folder: Path, image_paths: Sequence[Path]
+    ) -> list[Detections]:
+        return [fixed_detections(model_info, path.stem) for path in image_paths]
+
+
+def stored_model_file(loop: LocalLoop, training_number: int, name: str) -> bytes:
+    """A file of the model the Loop stored for the training (asserting the zip holds it and model.json only)."""
+    (model,) = [m for m in loop.store.models(ORGANIZATION, PROJECT) if m['training_number'] == training_number]
+    with zipfile.ZipFile(loop.store.model_path(model['id'], LoopLogic.model_format)) as archive:
+        assert sorted(archive.namelist()) == ['model.json', name]
+        return archive.read(name)
+
+
+def test_a_full_in_process_training_on_the_trainer_node_against_the_local_loop(
+    local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]
+) -> None:
+    logic = LoopLogic(tps=[2, 5, 3])
+    node = make_trainer(local_loop, logic)
+    result = begin(local_loop, node)
+    wait_idle(node)
+    assert node.status().errors == {}
+    updates = local_loop.store.training_updates(ORGANIZATION, PROJECT)
+    assert [u['best_epoch'] for u in updates] in ([0, 1], [1])  # the newest state only, if sends overlapped
+    categories = [c['id'] for c in result['details']['categories']]
+    assert categories
+    assert updates[-1]['confusion_matrix'] == {c: {'tp': 5, 'fp': 2, 'fn': 2} for c in categories}
+    assert stored_uploads(local_loop, result['training_number']) == {LoopLogic.model_format: 1}
+    assert json.loads(stored_model_file(local_loop, result['training_number'], 'model.pt')) == {'epoch': 1}
+    posted = [image_id for post in accepted_detection_posts(local_loop) for image_id in post]
+    assert sorted(posted) == sorted(project_image_ids(local_loop))
+
+
+def test_stop_training_on_the_node_uploads_the_best_model_so_far(
+    local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]
+) -> None:
+    logic = LoopLogic(tps=[4, 6, 1, 9, 9], batches=2, hold_at=(2, 1))  # held inside epoch 2: epoch 1 is the best
+    node = make_trainer(local_loop, logic)
+    result = begin(local_loop, node)
+    wait_for(logic.holding.is_set, what='the loop to reach epoch 2')
+    assert node.status().state == 'running'
+    assert node.stop_training()
+    wait_idle(node)
+    assert node.status().errors == {}
+    assert local_loop.store.training_updates(ORGANIZATION, PROJECT)[-1]['best_epoch'] == 1
+    assert stored_uploads(local_loop, result['training_number']) == {LoopLogic.model_format: 1}
+    assert json.loads(stored_model_file(local_loop, result['training_number'], 'model.pt')) == {'epoch': 1}
