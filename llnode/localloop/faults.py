@@ -5,7 +5,9 @@ Tests use it to see how nodes ride out a Loop that answers 5xx or 429 (with ``Re
 ``{"method": "PUT", "path": "<regex>", "status": 503, "count": 2, "retry_after": 1}`` (``DELETE /control/faults``
 clears every rule, ``GET`` lists them with their hits). ``path`` is a regular expression searched in the request
 path (without the query string); ``method`` ``*`` or null matches every method; ``after`` lets that many matching
-requests through before the faults begin (e.g. fail the second detections POST). A request may match several rules;
+requests through before the faults begin (e.g. fail the second detections POST); ``lose_answer`` lets the request
+reach the API and then replaces its answer by the fault, as if the answer was lost on the way (the Loop did the
+work, the node does not know). A request may match several rules;
 the oldest rule with faults left answers it. The rules live in the :class:`LocalLoop` object, so they outlive a
 restart of the server. Requests to ``/control/faults`` itself are never faulted.
 """
@@ -41,6 +43,7 @@ class FaultRule:
     retry_after: float | None
     detail: Any
     after: int = 0
+    lose_answer: bool = False
     hits: int = 0
 
     def describe(self) -> dict[str, Any]:
@@ -54,6 +57,7 @@ class FaultRule:
             'retry_after': self.retry_after,
             'detail': self.detail,
             'after': self.after,
+            'lose_answer': self.lose_answer,
         }
 
 
@@ -75,9 +79,10 @@ class FaultRules:
         retry_after: float | None = None,
         detail: Any = None,
         after: int = 0,
+        lose_answer: bool = False,
     ) -> dict[str, Any]:
         """Fail ``count`` requests matching ``method`` and the regex ``path`` with ``status``, after letting ``after``
-        matching requests through."""
+        matching requests through; with ``lose_answer`` the API handles each request before its answer is replaced."""
         if method is not None and (not isinstance(method, str) or not method):
             raise BadRequest(f'"method" must be an HTTP method, "*" or null, got {method!r}')
         if not isinstance(path, str):
@@ -96,9 +101,11 @@ class FaultRules:
             raise BadRequest(f'"retry_after" must be a number of seconds >= 0 or null, got {retry_after!r}')
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise BadRequest(f'"after" must be an integer >= 0, got {after!r}')
+        if not isinstance(lose_answer, bool):
+            raise BadRequest(f'"lose_answer" must be true or false, got {lose_answer!r}')
         normalized = None if method in (None, '*') else method.upper()
         with self._lock:
-            rule = FaultRule(self._next_id, normalized, pattern, status, count, retry_after, detail, after)
+            rule = FaultRule(self._next_id, normalized, pattern, status, count, retry_after, detail, after, lose_answer)
             self._next_id += 1
             self._rules.append(rule)
         logger.info('fault rule %d: %s %s -> %d (x%d)', rule.id, normalized or '*', path, status, count)
@@ -140,7 +147,10 @@ class FaultMiddleware:
         rule = self.rules.take(environ.get('REQUEST_METHOD', 'GET'), environ.get('PATH_INFO', ''))
         if rule is None:
             return self.app(environ, start_response)
-        _drain(environ)
+        if rule.lose_answer:
+            _run_and_discard(self.app, environ)
+        else:
+            _drain(environ)
         detail = rule.detail if rule.detail is not None else f'injected fault (rule {rule.id})'
         body = json.dumps({'detail': detail}).encode()
         headers = [('Content-Type', 'application/json'), ('Content-Length', str(len(body)))]
@@ -156,6 +166,18 @@ class FaultMiddleware:
         )
         start_response(f'{rule.status} {_reason(rule.status)}', headers)
         return [body]
+
+
+def _run_and_discard(app: Callable[..., Iterable[bytes]], environ: dict[str, Any]) -> None:
+    """Let ``app`` handle the request completely, throwing its answer away."""
+    result = app(environ, lambda status, headers, exc_info=None: lambda data: None)
+    try:
+        for _ in result:
+            pass
+    finally:
+        close = getattr(result, 'close', None)
+        if close is not None:
+            close()
 
 
 def _drain(environ: dict[str, Any]) -> None:
@@ -206,7 +228,8 @@ def add_fault() -> Any:
     body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         raise BadRequest('expected a JSON object {method, path, status, count, retry_after, detail}')
-    unknown = sorted(set(body) - {'method', 'path', 'status', 'count', 'retry_after', 'detail', 'after'})
+    keys = {'method', 'path', 'status', 'count', 'retry_after', 'detail', 'after', 'lose_answer'}
+    unknown = sorted(set(body) - keys)
     if unknown:
         raise BadRequest(f'unknown keys: {", ".join(unknown)}')
     rule = _rules().add(
@@ -217,6 +240,7 @@ def add_fault() -> Any:
         retry_after=body.get('retry_after'),
         detail=body.get('detail'),
         after=body.get('after', 0),
+        lose_answer=body.get('lose_answer', False),
     )
     return jsonify(rule), 201
 

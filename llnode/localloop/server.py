@@ -241,11 +241,22 @@ class LocalLoop:
         retry_after: float | None = None,
         detail: Any = None,
         after: int = 0,
+        lose_answer: bool = False,
     ) -> dict[str, Any]:
         """Answer ``count`` requests matching ``method`` (``*``/None: any) and the regex ``path`` (searched in the
         request path) with ``status`` (and ``Retry-After``), after letting ``after`` matching requests through;
-        returns the rule. See :mod:`llnode.localloop.faults`."""
-        return self.faults.add(method, path, status, count=count, retry_after=retry_after, detail=detail, after=after)
+        with ``lose_answer`` the request is handled first and only its answer is replaced. Returns the rule; see
+        :mod:`llnode.localloop.faults`."""
+        return self.faults.add(
+            method,
+            path,
+            status,
+            count=count,
+            retry_after=retry_after,
+            detail=detail,
+            after=after,
+            lose_answer=lose_answer,
+        )
 
     def clear_faults(self) -> None:
         """Remove every fault rule."""

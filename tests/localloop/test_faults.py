@@ -44,6 +44,18 @@ def test_after_lets_matching_requests_through_first(local_loop: LocalLoop) -> No
     assert statuses == [200, 200, 500, 200]
 
 
+def test_lose_answer_lets_the_api_do_the_work_and_replaces_its_answer(local_loop: LocalLoop) -> None:
+    session = login(local_loop)
+    local_loop.inject_fault('PUT', r'/models/latest/mocked/file$', 502, lose_answer=True)
+    lost = upload_model(session, local_loop)
+    assert lost.status_code == 502
+    again = upload_model(session, local_loop)
+    assert again.status_code == 409  # the first upload was stored
+    uploads = local_loop.store.model_uploads('zauberzeug', 'demo')
+    assert [u['status'] for u in uploads] == [200, 409]
+    assert again.json()['detail']['id'] == uploads[0]['model_id']
+
+
 def test_a_rule_matches_its_method_and_path_only(local_loop: LocalLoop) -> None:
     session = login(local_loop)
     local_loop.inject_fault('PUT', r'/models/latest/', 429, count=1)
@@ -87,6 +99,7 @@ def test_control_routes_add_list_and_clear_rules_and_are_never_faulted(local_loo
         {'path': 'x', 'status': 503, 'retry_after': -1},
         {'path': 'x', 'status': 503, 'surprise': 1},
         {'path': 'x', 'status': 503, 'after': -1},
+        {'path': 'x', 'status': 503, 'lose_answer': 'yes'},
         ['not', 'an', 'object'],
     ],
 )
