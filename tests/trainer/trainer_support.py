@@ -25,7 +25,7 @@ from llnode.schema import (
     SegmentationDetection,
     Shape,
 )
-from llnode.trainer import BestState, CriticalError, TrainerLogic, TrainerNode, TrainingRun
+from llnode.trainer import BestState, CriticalError, TrainerLogic, TrainerNode, TrainingInterrupted, TrainingRun
 from tests.polling import wait_for
 
 ORGANIZATION, PROJECT = 'zauberzeug', 'demo'
@@ -48,6 +48,7 @@ class ScriptedLogic(TrainerLogic):
         train_failures: int = 0,
         critical: bool = False,
         detect_seconds: float = 0.0,
+        error_on_stop: bool = False,
     ) -> None:
         super().__init__()
         self.epochs = epochs
@@ -56,6 +57,7 @@ class ScriptedLogic(TrainerLogic):
         self.train_failures = train_failures
         self.critical = critical
         self.detect_seconds = detect_seconds
+        self.error_on_stop = error_on_stop
         self.lock = threading.Lock()
         self.calls: list[str] = []
         self.published: list[BestState] = []
@@ -92,6 +94,10 @@ class ScriptedLogic(TrainerLogic):
                 matrix = {c.id: {'tp': epoch, 'fp': 2, 'fn': 2} for c in run.categories}
                 run.report_best(BestState(matrix, epoch=epoch, meta_information={'weights': str(weights)}))
                 run.set_progress(min(1.0, epoch / max(1, self.epochs)))
+        except TrainingInterrupted as e:
+            if self.error_on_stop and not e.aborted:
+                raise RuntimeError('the training process crashed while stopping') from e
+            raise
         finally:
             self.training.clear()
 
