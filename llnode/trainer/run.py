@@ -26,7 +26,7 @@ from llnode.trainer.training import Training
 
 logger = logging.getLogger('llnode.trainer.run')
 
-#: Where the newest best state that the Loop has not acknowledged yet is kept, in the training folder.
+#: Where the newest best state that the Loop has not acknowledged yet is kept, in the training's core folder.
 PENDING_STATE_FILE = 'unpublished_best_state.json'
 
 #: Shortest pause before a failed ``update_training`` is tried again.
@@ -240,7 +240,7 @@ class Run:
             interval=metrics_interval,
             name=f'llnode-trainer-metrics-{training.id[:8]}',
             on_published=on_published,
-            pending_path=training.training_folder / PENDING_STATE_FILE,
+            pending_path=training.core_folder / PENDING_STATE_FILE,
         )
         if training.stop_requested:
             self.request_stop()

@@ -39,12 +39,10 @@ from llnode.loop.exchange import IMAGE_STATES, METADATA_CHUNK, DataExchange
 from llnode.schema import Detections, ModelInformation, SchemaError, TrainerState
 from llnode.trainer.logic import CriticalError, TrainerLogic, TrainingInterrupted
 from llnode.trainer.run import Run
-from llnode.trainer.training import Training
+from llnode.trainer.training import CORE_FOLDER, Training
 
 logger = logging.getLogger('llnode.trainer.stages')
 
-#: The core's own files inside a training folder.
-CORE_FOLDER = 'llnode'
 MODEL_UPLOADS_FILE = 'model_uploads.json'
 DETECTIONS_FOLDER = 'detections'
 MANIFEST_FILE = 'manifest.json'
@@ -108,7 +106,7 @@ class StageWork:
         self.exchange = exchange
         self.inference_batch_size = inference_batch_size
         self.progress: float | None = None
-        self.core_folder = training.training_folder / CORE_FOLDER
+        self.core_folder = training.core_folder
         self.detections_folder = self.core_folder / DETECTIONS_FOLDER
 
     def perform(self, stage: Stage) -> None:

@@ -6,7 +6,7 @@ that came in just before a crash still ends in cleanup). It is checkpointed to
 ``{DATA_FOLDER}/last_training__{node uuid}.json`` durably (temp file, fsync, rename, fsync of the folder) when the
 training is created and after every transition, unlike the reference (written in place, first after a stage;
 weak point C15). The bulky ``image_data`` is not part of it: it lives in ``image_data.json`` in the training
-folder, written once after the download.
+folder (``llnode/image_data.json``), written once after the download.
 
 A checkpoint that cannot be read is a :class:`CheckpointError`; :meth:`Checkpoint.move_aside` renames it to
 ``…json.corrupt-<time>`` so the node keeps reporting (the reference fails before every status send, for good).
@@ -32,6 +32,8 @@ logger = logging.getLogger('llnode.trainer.training')
 #: Identifies the checkpoint layout; a checkpoint of another layout is refused as unreadable.
 CHECKPOINT_FORMAT = 'llnode-training/1'
 
+#: The core's own files inside a training folder (the logic's and the base model's files live beside it).
+CORE_FOLDER = 'llnode'
 IMAGE_DATA_FILE = 'image_data.json'
 
 #: States a training can be in (``idle``, ``blocked`` and ``waiting_for_slot`` describe the node, not a training).
@@ -140,8 +142,13 @@ class Training:
     # ------------------------------------------------------------------ image data
 
     @property
+    def core_folder(self) -> Path:
+        """``{training_folder}/llnode``: the node's own files of this training."""
+        return self.training_folder / CORE_FOLDER
+
+    @property
     def image_data_path(self) -> Path:
-        return self.training_folder / IMAGE_DATA_FILE
+        return self.core_folder / IMAGE_DATA_FILE
 
     def save_image_data(self, image_data: list[dict[str, Any]]) -> None:
         """Keep the downloaded metadata items (durably, beside the training's other files) and count the sets."""
