@@ -302,15 +302,21 @@ class Executor:
         return live
 
     def _signal_all(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        """Signal the group and every other live process of the tree, each exactly once (a second SIGTERM can
+        break a graceful shutdown, e.g. torchrun's)."""
         tree = self._live_tree(proc)
+        group_signalled = False
         if proc.returncode is None:
             # the group leader is not reaped yet, so its pid cannot have been reused: signal the group at once
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, sig)
+                group_signalled = True
         for pid, start in tree.items():
-            if _start_time(pid) == start:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
+            info = _read_stat(pid)
+            if info is None or info[3] != start or (group_signalled and info[1] == proc.pid):
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
     # ------------------------------------------------------------------ leftovers of a crashed node
 
