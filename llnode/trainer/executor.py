@@ -127,7 +127,9 @@ class Executor:
             if start_time is not None:
                 self._tracked[proc.pid] = start_time
         self._write_record(proc.pid, start_time, argv)
-        logger.info('started pid %d: %s (log %s)', proc.pid, shlex.join(argv), log_path)
+        shown = shlex.join(argv)
+        shown = shown if len(shown) <= 300 else shown[:297] + '...'
+        logger.info('started pid %d: %s (log %s)', proc.pid, shown, log_path)
         return log_path
 
     def _new_log(self) -> tuple[Path, BinaryIO]:

@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def pids_in_log(executor: Executor, count: int) -> list[int]:
 
 
 @pytest.fixture
-def executor(tmp_path: Path):  # type: ignore[no-untyped-def]
+def executor(tmp_path: Path) -> Iterator[Executor]:
     executor = Executor(tmp_path / 'training')
     yield executor
     executor.stop(grace=0)
@@ -163,10 +164,12 @@ def test_kill_is_immediate(executor: Executor) -> None:
 
 def test_children_are_reaped_and_no_descriptor_leaks(executor: Executor) -> None:
     fds_before = len(os.listdir('/proc/self/fd'))
-    pids = []
+    pids: list[int] = []
     for n in range(4):
         executor.start([PY, '-c', 'import time; time.sleep(100)'] if n % 2 else [PY, '-c', 'pass'])
-        pids.append(executor.pid)
+        pid = executor.pid
+        assert pid is not None
+        pids.append(pid)
         if n % 2:
             executor.stop(grace=2)
         else:
