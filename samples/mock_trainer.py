@@ -178,6 +178,7 @@ class MockTrainerLogic(SubprocessTrainerLogic):
     def clear_training_data(self, run: TrainingRun) -> None:
         with self._state_lock:
             self._folder = None
+            self.latest_known_confusion_matrix = {}  # the next training improves on its own states
 
 
 def mock_detections(model_info: ModelInformation, image_id: str) -> Detections:

@@ -4,6 +4,7 @@ stops from other threads, no leaked descriptors, no zombies, and leftovers of a 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -136,6 +137,34 @@ def test_stop_from_another_thread_while_one_waits(executor: Executor) -> None:
         thread.join(10)
         assert not thread.is_alive()
     assert results == {'wait': -9, 'stop-0': -9, 'stop-1': -9}
+
+
+def test_an_interrupted_stop_still_kills_and_reaps(executor: Executor) -> None:
+    """An exception in the stopping thread (here: a signal handler raising in the main thread) mid-grace."""
+    executor.start(
+        [PY, '-c', 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print("ready", flush=True);'
+         ' time.sleep(100)']
+    )  # fmt: skip
+    wait_for(lambda: executor.log_tail() == ['ready'], what='the SIGTERM handler to be set')
+    pid = executor.pid
+    assert pid is not None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise RuntimeError('interrupted')
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    timer = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1))
+    try:
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match='interrupted'):
+            executor.stop(grace=30)
+        assert time.monotonic() - started < 5
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert executor.returncode == -9
+    assert not Path(f'/proc/{pid}').exists()
 
 
 def test_terminate_does_not_wait_and_stop_waits_only_for_the_rest_of_the_grace(executor: Executor) -> None:
