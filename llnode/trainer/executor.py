@@ -337,8 +337,9 @@ class Executor:
     def kill_leftovers(self) -> list[int]:
         """SIGKILL a training group that an earlier, crashed node process left running in this folder.
 
-        The record holds the main process's pid and start time; a pid now used by another process is not touched.
-        Returns the pids that were signalled.
+        The record holds the main process's pid and start time; its group and session are killed while the main
+        process still runs, and also after it ended (members it left behind); a pid now used by another process
+        is not touched. Returns the pids that were signalled.
         """
         record = self.logs_folder / PROCESS_RECORD
         try:
@@ -355,10 +356,15 @@ class Executor:
             current = self._proc.pid if self._proc is not None else None
         if pid == current:
             return []
-        killed: list[int] = []
         table = _process_table() or {}
-        if start is not None and pid in table and table[pid][3] == start and table[pid][4] != 'Z':
+        # the leader still runs (same start time), or it is gone: then a group or session with its id can only be
+        # the one it led (Linux does not reuse a pid while a group or session carries it); a pid reused by
+        # another process is left alone
+        leader_is_ours = start is not None and pid in table and table[pid][3] == start
+        killed: list[int] = []
+        if leader_is_ours or pid not in table:
             killed = [p for p, (_pp, pgrp, sid, _s, _st) in table.items() if pid in (pgrp, sid)]
+        if killed:
             logger.warning('killing training processes %s left behind by an earlier run', killed)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)

@@ -236,6 +236,19 @@ def test_a_new_executor_kills_the_group_a_crashed_node_left_running(tmp_path: Pa
         crashed.stop(grace=0)
 
 
+def test_a_new_executor_kills_what_the_crashed_node_left_after_its_leader_ended(tmp_path: Path) -> None:
+    crashed = Executor(tmp_path)
+    crashed.start(['bash', '-c', 'sleep 100 & echo "pid $!"'])  # bash ends at once; its sleep stays in the group
+    [grandchild] = pids_in_log(crashed, 1)
+    assert crashed.wait(10) == 0
+    restarted = Executor(tmp_path)
+    try:
+        assert restarted.kill_leftovers() == [grandchild]
+        wait_for(lambda: gone(grandchild), timeout=5, what='the leftover sleep to be killed')
+    finally:
+        crashed.stop(grace=0)
+
+
 def test_a_stale_record_never_kills_a_stranger(tmp_path: Path) -> None:
     logs = tmp_path / 'logs'
     logs.mkdir()
