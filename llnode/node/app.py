@@ -27,6 +27,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from llnode.logs import socketio_loggers
 from llnode.node.errors import BadRequest, NodeHTTPError
+from llnode.node.multipart import InMemoryFormDataParser
 
 if TYPE_CHECKING:
     from llnode.node.node import Node
@@ -90,7 +91,10 @@ def create_socketio_server() -> socketio.Server:
 
 class _InMemoryRequest(Request):
     """Keeps uploaded file parts in memory: werkzeug spools parts of large bodies to temp files, which would put
-    disk I/O on the detect path; the body size is bounded by ``MAX_CONTENT_LENGTH`` anyway."""
+    disk I/O on the detect path; the body size is bounded by ``MAX_CONTENT_LENGTH`` anyway. Well-formed multipart
+    bodies are split directly (:mod:`llnode.node.multipart`)."""
+
+    form_data_parser_class = InMemoryFormDataParser
 
     def _get_file_stream(
         self,

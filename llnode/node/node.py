@@ -34,6 +34,7 @@ from llnode.config import Settings
 from llnode.node.app import SOCKETIO_PATH, common_blueprint, create_app, create_socketio_server
 from llnode.node.errors import NodeHTTPError
 from llnode.node.identity import node_key, node_uuid
+from llnode.node.memory import IdleTrimmer, RequestActivity, tune_allocator
 from llnode.node.repeat import REPEAT_INTERVAL, RepeatThread
 from llnode.node.serving import SERVERS, HTTPServer, make_server
 
@@ -425,16 +426,18 @@ class Node:
             if self._state in (_STOPPING, _STOPPED):
                 raise RuntimeError(f'{self!r} was stopped; create a new node')
         self.websocket_enabled = server == 'werkzeug'
+        tune_allocator()  # before any server thread exists: the arena cap applies to threads created after it
+        activity = RequestActivity(self.wsgi_app)
         http = make_server(
-            self.wsgi_app, host, port, server=server, threads=threads, underscore_headers=self.underscore_headers
+            activity, host, port, server=server, threads=threads, underscore_headers=self.underscore_headers
         )
         with self._lifecycle_lock:
             self._http = http
-        return self._block(http)
+        return self._block(http, IdleTrimmer(activity))
 
     # ------------------------------------------------------------------ internals
 
-    def _block(self, http: HTTPServer | None) -> int:
+    def _block(self, http: HTTPServer | None, trimmer: IdleTrimmer | None = None) -> int:
         previous = self._install_signal_handlers() if threading.current_thread() is threading.main_thread() else {}
         try:
             try:
@@ -449,7 +452,8 @@ class Node:
                     http.start()
                     self._serving_address = http.address
                 while self._signals == 0 and not self._exit_event.wait(SIGNAL_POLL_S):
-                    pass
+                    if trimmer is not None:
+                        trimmer.poll()  # hands free memory back once requests pause (llnode.node.memory)
                 self.stop()
                 if http is not None:
                     http.stop(STOP_TIMEOUT)  # a no-op unless the node was stopped before it was served
