@@ -37,6 +37,7 @@ from llnode.node.identity import node_key, node_uuid
 from llnode.node.memory import IdleTrimmer, RequestActivity, tune_allocator
 from llnode.node.repeat import REPEAT_INTERVAL, RepeatThread
 from llnode.node.serving import SERVERS, HTTPServer, make_server
+from llnode.node.wsmask import install as install_numpy_unmasking
 
 if TYPE_CHECKING:
     from llnode.loop.http import LoopClient
@@ -426,6 +427,8 @@ class Node:
             if self._state in (_STOPPING, _STOPPED):
                 raise RuntimeError(f'{self!r} was stopped; create a new node')
         self.websocket_enabled = server == 'werkzeug'
+        if server == 'werkzeug':
+            install_numpy_unmasking()  # a third of the server's work for a raw image frame (llnode.node.wsmask)
         tune_allocator()  # before any server thread exists: the arena cap applies to threads created after it
         activity = RequestActivity(self.wsgi_app)
         http = make_server(
