@@ -11,7 +11,8 @@ Two threads, both named ``llnode-outbox-...``:
   only once the item is durable;
 - the **uploader** (mode ``continuous_upload``) sends batches of up to ``batch_size`` items to
   ``POST /api/{org}/projects/{project}/images`` back to back while items wait, and waits for new items when
-  there are none. A 2xx deletes the batch; a 422 splits it until the single refused item is moved to
+  there are none. A batch that is not full waits up to ``gather_s`` (0.1 s) for more items first, so that
+  images trickling in from autoupload go 20 to a request instead of one each. A 2xx deletes the batch; a 422 splits it until the single refused item is moved to
   ``rejected/``; 429, 5xx, other statuses and network errors keep everything and back off exponentially
   (``Retry-After`` honoured, capped at ``max_backoff``). An item whose files are missing or unreadable moves to
   ``rejected/`` without blocking the ones behind it.
@@ -50,6 +51,7 @@ from llnode.detector.outbox_disk import (
 )
 from llnode.loop.errors import LoopError
 from llnode.loop.http import LoopClient, retry_after_seconds
+from llnode.priority import lower_current_thread_priority
 from llnode.schema import ImageMetadata, OutboxMode
 
 __all__ = ['Outbox', 'OutboxClosed', 'OutboxError', 'OutboxFull', 'OutboxLocked', 'encode_jpeg']
@@ -153,6 +155,7 @@ class Outbox:
         max_rejected: int = 1000,
         jpeg_quality: int = 90,
         batch_size: int = 20,
+        gather_s: float = 0.1,
         upload_timeout: float = 30.0,
         max_backoff: float = 60.0,
         min_backoff: float = 1.0,
@@ -165,6 +168,9 @@ class Outbox:
         self.max_rejected = max_rejected
         self.jpeg_quality = jpeg_quality
         self.batch_size = batch_size
+        if not 0 <= gather_s <= 5:
+            raise ValueError(f'gather_s must be within 0..5 seconds, got {gather_s!r}')
+        self.gather_s = gather_s
         self.upload_timeout = upload_timeout
         self.max_backoff = max_backoff
         self.min_backoff = min_backoff
@@ -388,6 +394,7 @@ class Outbox:
         return item_id
 
     def _writer_loop(self) -> None:
+        lower_current_thread_priority()  # autoupload must not slow detection down (llnode.priority)
         self._write_jobs(None)
 
     def _write_jobs(self, deadline: float | None) -> None:
@@ -512,6 +519,7 @@ class Outbox:
 
     def _upload_loop(self) -> None:
         """Upload while items wait and the mode allows; park otherwise. Lives from the first start to close."""
+        lower_current_thread_priority()
         failures = 0
         while True:
             with self._changed:
@@ -520,6 +528,13 @@ class Outbox:
                 self._changed.wait_for(self._upload_due_locked)
                 if self._closed:
                     return
+                # Items trickling in one by one (autoupload) would go one per request: wait briefly for a
+                # fuller batch, so that each upload carries up to batch_size images for one request's cost.
+                self._changed.wait_for(self._batch_full_locked, self.gather_s)
+                if self._closed:
+                    return
+                if not self._upload_due_locked():
+                    continue
                 self._uploading = True
                 batch = self._take_batch_locked()
             try:
@@ -556,6 +571,11 @@ class Outbox:
             return True
         waiting = bool(self._queues['priority'] or self._queues['normal'])
         return waiting and self._mode == OutboxMode.CONTINUOUS_UPLOAD
+
+    def _batch_full_locked(self) -> bool:
+        """Whether there is no point in waiting for more items before an upload."""
+        waiting = len(self._queues['priority']) + len(self._queues['normal'])
+        return self._closed or self._mode != OutboxMode.CONTINUOUS_UPLOAD or waiting >= self.batch_size
 
     def _take_batch_locked(self) -> list[tuple[str, str]]:
         priority = self._queues['priority'][: self.batch_size]

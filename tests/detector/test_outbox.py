@@ -6,6 +6,8 @@ import io
 import json
 import os
 import shutil
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +298,40 @@ def test_one_outbox_per_folder(tmp_path: Path) -> None:
     assert first.close()
     second = Outbox(settings, mode='stopped')
     assert second.close()
+
+
+def test_items_trickling_in_are_gathered_into_full_batches(local_loop: LocalLoop, node_folder: Path) -> None:
+    outbox = Outbox(local_loop.settings(data_folder=node_folder), batch_size=5, gather_s=2.0)
+    outbox.start()
+    try:
+        for n in range(5):  # one by one, as autoupload hands them over; each is on disk before the next comes
+            outbox.save(tiny_jpeg(n), ImageMetadata(source=f's{n}'))
+        assert outbox.wait_until_empty(10)
+        outbox.save(tiny_jpeg(9), ImageMetadata(source='alone'))
+        assert outbox.wait_until_empty(10)  # a batch that stays short goes once gather_s is over
+    finally:
+        assert outbox.close()
+    batches = local_loop.store.upload_batches('zauberzeug', 'demo')
+    assert [len(batch['image_ids']) for batch in batches] == [5, 1]
+    with pytest.raises(ValueError, match='gather_s'):
+        Outbox(local_loop.settings(data_folder=node_folder), gather_s=-1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='per-thread nice values are Linux only')
+def test_outbox_threads_run_at_a_lower_cpu_priority(tmp_path: Path) -> None:
+    outbox = Outbox(offline_settings(tmp_path), max_backoff=0.05, min_backoff=0.05)
+    outbox.start()
+    try:
+        outbox.save(tiny_jpeg(0), ImageMetadata())  # the uploader starts trying
+        wait_for(lambda: outbox.stats()['upload_errors'] >= 1, what='a failed upload to a port nobody listens on')
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        for thread in threading.enumerate():
+            if thread.name.startswith('llnode-outbox-'):
+                assert thread.native_id is not None
+                assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(19, mine + 10), thread.name
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the caller is untouched
+    finally:
+        assert outbox.close()
 
 
 def test_threads_are_named_and_gone_after_close(tmp_path: Path) -> None:
