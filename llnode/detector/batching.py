@@ -272,6 +272,7 @@ class InferenceWorker:
                     return
                 self._execute(batch)
                 self._last_batch_requests = len(batch)
+                del batch  # its images must not stay alive while the worker waits for the next requests
         finally:
             with self._cond:
                 self._accepting = False

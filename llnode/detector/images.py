@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from llnode.node.errors import BadRequest, PayloadTooLarge, Unprocessable
 
@@ -85,6 +85,8 @@ def _load(data: bytes | bytearray | memoryview, max_pixels: int) -> Image.Image:
             if width * height > max_pixels:
                 raise ImageTooLargeError(f'image has {width}x{height} pixels, more than the {max_pixels} accepted')
             if picture.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                from PIL import ImageOps  # imported when first needed: it pulls in ~1 MB of palette modules
+
                 picture = ImageOps.exif_transpose(picture)
             picture.load()
             if picture.mode not in _KEPT_MODES:
