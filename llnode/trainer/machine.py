@@ -45,6 +45,9 @@ MAX_RETRY_DELAY = 300.0
 #: Failures in a row after which a stage gives the training up (the reference retries forever).
 MAX_ATTEMPTS = 10
 
+#: Transitions kept per training for :meth:`TrainingMachine.state_history` (a retry loop cannot grow it forever).
+HISTORY_LIMIT = 10_000
+
 #: Status progress per state is taken from here (the ``running`` stage reports through the run).
 _PROGRESS_STATES = frozenset(
     {
@@ -131,6 +134,7 @@ class TrainingMachine:
         self._work: StageWork | None = None
         self._last_errors: dict[str, str] = {}  # errors of the last training, shown until the next one begins
         self._node_errors: dict[str, str] = {}  # e.g. a corrupt checkpoint
+        self._history: list[tuple[str, float]] = []  # (state, time.monotonic()) of the current or last training
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._idle = threading.Event()  # set while the worker has no training
@@ -158,6 +162,12 @@ class TrainingMachine:
     def active(self) -> bool:
         with self._lock:
             return self._training is not None
+
+    def state_history(self) -> list[tuple[str, float]]:
+        """The states the current (or last) training went through in this process, with ``time.monotonic()``
+        of each transition; for tests and benchmarks, which cannot catch a state that lasts a millisecond."""
+        with self._lock:
+            return list(self._history)
 
     def wait_idle(self, timeout: float) -> bool:
         """True once no training is active (for resets and tests)."""
@@ -315,6 +325,7 @@ class TrainingMachine:
             metrics_interval=self.metrics_interval,
         )
         self._training, self._run, self._work = training, run, None
+        self._history = [(training.training_state.value, time.monotonic())]
         self._idle.clear()
 
     def _published(self, run: Run, state: BestState) -> None:
@@ -325,8 +336,9 @@ class TrainingMachine:
             self._wake.clear()
             with self._lock:
                 training, run = self._training, self._run
+                if training is None or run is None:
+                    self._idle.set()  # under the lock: begin() clears it under the same lock
             if training is None or run is None:
-                self._idle.set()
                 self._wake.wait()
                 continue
             try:
@@ -368,6 +380,8 @@ class TrainingMachine:
             for name, value in changes.items():
                 setattr(training, name, value)
             self.checkpoint.save(training)
+            if len(self._history) < HISTORY_LIMIT:
+                self._history.append((state.value, time.monotonic()))
 
     def _perform(self, training: Training, run: Run, stage: Stage) -> None:
         key = stage.key
@@ -454,6 +468,7 @@ class TrainingMachine:
             self.checkpoint.delete()
             self._last_errors = dict(training.errors)
             self._training, self._run, self._work = None, None, None
+            self._history.append(('idle', time.monotonic()))
             self._idle.set()
         logger.info(
             'training %s cleared%s',
