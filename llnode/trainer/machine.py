@@ -7,8 +7,11 @@ lacks):
 
 - success: the stage's error and attempts are cleared, the state moves on;
 - any other exception: the error is recorded, the state goes back to where the stage started, and the stage is
-  retried after ``retry_delay * 2**(n-1)`` seconds (at most ``max_retry_delay``); after ``max_attempts``
-  failures in a row the training is given up: cleanup, with the error kept in the status;
+  retried after ``retry_delay * 2**(n-1)`` seconds (at most ``max_retry_delay``) for the n-th failure in a row;
+  after ``max_attempts`` failures the training is given up: cleanup, with the error kept in the status. Failures
+  that only say the Loop is unavailable (no connection, a timeout, 5xx, 408, 429) are retried the same way but
+  do not count toward ``max_attempts``: an outage of the Loop is waited out, it never throws a finished
+  training away (a deterministic failure, e.g. a training that runs out of memory, is given up);
 - :class:`CriticalError`: cleanup at once, the error kept;
 - abort (``abort_training``): cleanup without uploads, in every state;
 - node shutdown: the stage is interrupted (the run's cancel event reaches transfers; ``logic.abort(run)`` ends a
@@ -30,11 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llnode.loop.errors import LoopConnectionError, LoopHTTPError, LoopRateLimited
 from llnode.loop.exchange import DataExchange
 from llnode.schema import TrainerState, TrainingDetails
 from llnode.trainer.logic import BestState, CriticalError, TrainerLogic, TrainingInterrupted
 from llnode.trainer.run import Run
-from llnode.trainer.stages import STAGE_FROM, Stage, StageWork
+from llnode.trainer.stages import STAGE_FROM, LoopUnavailable, Stage, StageWork
 from llnode.trainer.training import Checkpoint, CheckpointError, Training
 
 logger = logging.getLogger('llnode.trainer.machine')
@@ -61,6 +65,13 @@ _PROGRESS_STATES = frozenset(
 
 class TrainingRefused(Exception):
     """``begin_training`` while a training is active: nothing was changed (acked with ``payload: 'refused'``)."""
+
+
+def is_loop_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` only says the Loop cannot be reached or served nothing for now (worth waiting out)."""
+    if isinstance(error, (LoopConnectionError, LoopUnavailable, LoopRateLimited, ConnectionError)):
+        return True
+    return isinstance(error, LoopHTTPError) and (error.status >= 500 or error.status in (408, 429))
 
 
 def retry_delay(failures: int, base: float = RETRY_DELAY, maximum: float = MAX_RETRY_DELAY) -> float:
@@ -135,6 +146,7 @@ class TrainingMachine:
         self._last_errors: dict[str, str] = {}  # errors of the last training, shown until the next one begins
         self._node_errors: dict[str, str] = {}  # e.g. a corrupt checkpoint
         self._history: list[tuple[str, float]] = []  # (state, time.monotonic()) of the current or last training
+        self._streaks: dict[str, int] = {}  # failures in a row per stage, any kind (for the back-off)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._idle = threading.Event()  # set while the worker has no training
@@ -199,12 +211,14 @@ class TrainingMachine:
                 )
             if self._stop.is_set():
                 raise TrainingRefused('the trainer is shutting down')
+            Training.check_names(organization, project)
             if not self.keep_old_trainings:
                 _delete_old_trainings(self.data_folder / organization / project / 'trainings')
             training = Training.create(self.data_folder, organization, project, details)
             self.checkpoint.save(training)
             self._activate(training)
             self._last_errors = {}
+            self._node_errors = {}
         logger.info(
             'training %s begins: #%d of %s/%s, variant %r, base model %s',
             training.id,
@@ -326,6 +340,7 @@ class TrainingMachine:
         )
         self._training, self._run, self._work = training, run, None
         self._history = [(training.training_state.value, time.monotonic())]
+        self._streaks = {}
         self._idle.clear()
 
     def _published(self, run: Run, state: BestState) -> None:
@@ -410,6 +425,7 @@ class TrainingMachine:
             with self._lock:
                 training.errors.pop(key, None)
                 training.attempts.pop(key, None)
+                self._streaks.pop(key, None)
                 self.stage_seconds[key] = self.stage_seconds.get(key, 0.0) + timer.seconds
             self._transition(training, stage.after)
 
@@ -426,28 +442,27 @@ class TrainingMachine:
     def _failed(self, training: Training, run: Run, stage: Stage, error: Exception) -> None:
         key = stage.key
         message = str(error) or type(error).__name__
+        unavailable = is_loop_unavailable(error)
         with self._lock:
-            failures = training.attempts.get(key, 0) + 1
-            training.attempts[key] = failures
+            streak = self._streaks[key] = self._streaks.get(key, 0) + 1
+            if not unavailable:
+                training.attempts[key] = training.attempts.get(key, 0) + 1
+            failures = training.attempts.get(key, 0)
             training.errors[key] = message
-        if self.max_attempts is not None and failures >= self.max_attempts:
+        if not unavailable and self.max_attempts is not None and failures >= self.max_attempts:
             logger.error(
-                'training %s: %s failed %d times in a row (%s); giving the training up',
-                training.id,
-                key,
-                failures,
-                message,
+                'training %s: %s failed %d times (%s); giving the training up', training.id, key, failures, message
             )
             with self._lock:
                 training.errors[key] = f'{message} (gave up after {failures} attempts)'
             self._transition(training, TrainerState.READY_FOR_CLEANUP)
             return
-        delay = retry_delay(failures, self.retry_delay, self.max_retry_delay)
+        delay = retry_delay(streak, self.retry_delay, self.max_retry_delay)
         logger.warning(
-            'training %s: %s failed (attempt %d): %s; retrying in %.1f s',
+            'training %s: %s failed (%s): %s; retrying in %.1f s',
             training.id,
             key,
-            failures,
+            'the Loop is unavailable' if unavailable else f'attempt {failures}',
             message,
             delay,
         )

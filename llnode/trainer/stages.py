@@ -138,7 +138,7 @@ class StageWork:
         if report.cancelled:
             raise TrainingInterrupted(aborted=True)
         if report.failed:
-            raise LoopError(
+            raise LoopUnavailable(
                 f'{len(report.failed)} of {len(ids)} images could not be downloaded (e.g. {report.failed[:3]}); '
                 'the retry fetches only the missing ones'
             )
@@ -457,14 +457,14 @@ class StageWork:
             logger.exception('%s: clear_training_data failed', self.run)
 
 
-class UploadFailed(LoopError):
-    """An upload the Loop did not take for now (5xx, 408, 429): the stage is retried with back-off."""
+class LoopUnavailable(LoopError):
+    """The Loop did not take or deliver something for now (5xx, 408, 429, failed downloads): worth waiting out."""
 
 
 def _classified(error: LoopHTTPError, what: str) -> Exception:
     """5xx, 408 and 429 are worth a retry; any other status (4xx) gives the training up."""
     if error.status >= 500 or error.status in (408, 429):
-        return UploadFailed(f'{what} failed with {error.status}: {error}')
+        return LoopUnavailable(f'{what} failed with {error.status}: {error}')
     return CriticalError(f'{what} was refused with {error.status}: {error}')
 
 

@@ -108,9 +108,7 @@ class Training:
     @classmethod
     def create(cls, data_folder: Path, organization: str, project: str, details: TrainingDetails) -> Training:
         """A new training with its folders: ``{data}/{org}/{project}/images`` (shared) and ``…/trainings/{id}``."""
-        for what, value in (('organization', organization), ('project', project)):
-            if not isinstance(value, str) or not value or value in ('.', '..') or '/' in value or '\\' in value:
-                raise ValueError(f'{what} must be a non-empty name without slashes, got {value!r}')
+        cls.check_names(organization, project)
         training_id = str(uuid_module.uuid4())
         project_folder = Path(data_folder) / organization / project
         training = cls(
@@ -129,6 +127,13 @@ class Training:
         training.images_folder.mkdir(parents=True, exist_ok=True)
         training.training_folder.mkdir(parents=True, exist_ok=True)
         return training
+
+    @staticmethod
+    def check_names(organization: str, project: str) -> None:
+        """Organisation and project become folder names: non-empty, no slashes, not ``.``/``..``."""
+        for what, value in (('organization', organization), ('project', project)):
+            if not isinstance(value, str) or not value or value in ('.', '..') or '/' in value or '\\' in value:
+                raise ValueError(f'{what} must be a non-empty name without slashes, got {value!r}')
 
     @property
     def context(self) -> dict[str, str]:

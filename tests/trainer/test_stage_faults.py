@@ -209,10 +209,22 @@ def test_a_corrupt_image_is_dropped_and_counted(
 # ---------------------------------------------------------------------- retries and giving up
 
 
-def test_an_ordinary_error_is_retried_and_given_up_after_max_attempts(
+def test_a_loop_outage_is_waited_out_beyond_max_attempts(
     local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]
 ) -> None:
-    local_loop.inject_fault('GET', r'/data$', 503, count=1000)
+    local_loop.inject_fault('GET', r'/data$', 503, count=6)
+    node = make_trainer(local_loop, ScriptedLogic(epochs=1), max_attempts=2)
+    number = begin(local_loop, node)['training_number']
+    wait_idle(node)
+    assert hits(local_loop) == [6]
+    assert node.status().errors == {}
+    assert stored_uploads(local_loop, number) == {f: 1 for f in FORMATS}
+
+
+def test_a_deterministic_error_is_given_up_after_max_attempts(
+    local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]
+) -> None:
+    local_loop.inject_fault('GET', r'/data$', 200, count=1000, detail='not the image list')  # a broken answer
     logic = ScriptedLogic(epochs=1)
     node = make_trainer(local_loop, logic, max_attempts=3)
     begin(local_loop, node)
@@ -223,16 +235,29 @@ def test_an_ordinary_error_is_retried_and_given_up_after_max_attempts(
     errors = node.status().errors
     assert set(errors) == {'prepare'}
     assert errors['prepare'].endswith('(gave up after 3 attempts)')
-    assert '503' in errors['prepare']
+    assert 'image_ids' in errors['prepare']
     assert node.status().state == 'idle'
-    # the Loop saw the error, and the next training starts clean
-    stored = local_loop.store.node(node.uuid)
-    assert stored is not None
-    wait_for(lambda: 'prepare' in local_loop.store.node(node.uuid)['status']['errors'], what='the error on the Loop')  # type: ignore[index]
+    # the Loop saw the error (kept in the idle status), and the next training starts clean
+    wait_for(
+        lambda: 'prepare' in (local_loop.store.node(node.uuid) or {}).get('status', {}).get('errors', {}),
+        what='the error at the Loop',
+    )
     local_loop.clear_faults()
     begin(local_loop, node)
     wait_idle(node)
     assert node.status().errors == {}
+
+
+def test_a_training_that_keeps_failing_is_given_up(
+    local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]
+) -> None:
+    logic = ScriptedLogic(epochs=1, train_failures=100)
+    node = make_trainer(local_loop, logic, max_attempts=2)
+    number = begin(local_loop, node)['training_number']
+    wait_idle(node)
+    assert logic.count('train') == 2
+    assert node.status().errors == {'run_training': 'scripted training failure (gave up after 2 attempts)'}
+    assert stored_uploads(local_loop, number) == {}
 
 
 def test_a_failing_training_is_retried(local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]) -> None:

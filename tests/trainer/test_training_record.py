@@ -1,5 +1,6 @@
 """The training record and its checkpoint file, without a node: JSON round trip, mid-stage states mapped back to
-the stage's start, every kind of unusable file refused with a clear error, the retry delays."""
+the stage's start, every kind of unusable file refused with a clear error; the retry delays and which failures
+count toward ``max_attempts``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from llnode.loop.errors import (
+    LoopAuthError,
+    LoopConnectionError,
+    LoopHTTPError,
+    LoopProtocolError,
+    LoopRateLimited,
+    LoopTimeout,
+)
 from llnode.schema import Category, TrainerState, TrainingDetails
-from llnode.trainer.machine import retry_delay
+from llnode.trainer.machine import is_loop_unavailable, retry_delay
+from llnode.trainer.stages import LoopUnavailable
 from llnode.trainer.training import RESUME_FROM, Checkpoint, CheckpointError, Training
 
 CATEGORIES = [Category('c1', 'box cat', type='box'), Category('c2', 'point cat', type='point')]
@@ -152,3 +162,23 @@ def test_retry_delays_double_from_5_s_up_to_300_s() -> None:
     assert [retry_delay(n) for n in range(1, 10)] == [5, 10, 20, 40, 80, 160, 300, 300, 300]
     assert retry_delay(1000) == 300
     assert retry_delay(3, base=0.5, maximum=1.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ('error', 'unavailable'),
+    [
+        (LoopConnectionError('refused'), True),
+        (LoopTimeout('no answer'), True),
+        (ConnectionError('update_training not acknowledged'), True),
+        (LoopHTTPError('GET', 'u', 503), True),
+        (LoopHTTPError('PUT', 'u', 408), True),
+        (LoopRateLimited('PUT', 'u', 429), True),
+        (LoopUnavailable('detections upload failed with 502'), True),
+        (LoopHTTPError('GET', 'u', 404), False),
+        (LoopAuthError('POST', 'u', 401), False),
+        (LoopProtocolError('no image_ids'), False),
+        (RuntimeError('CUDA out of memory'), False),
+    ],
+)
+def test_only_an_unavailable_loop_is_waited_out(error: Exception, unavailable: bool) -> None:
+    assert is_loop_unavailable(error) is unavailable
