@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from llnode.durable import fsync_dir, write_bytes, write_json
-from llnode.loop.errors import LoopError, LoopHTTPError, ModelArchiveError
+from llnode.loop.errors import LoopError, LoopHTTPError
 from llnode.loop.exchange import IMAGE_STATES, METADATA_CHUNK, DataExchange
 from llnode.schema import Detections, ModelInformation, SchemaError, TrainerState
 from llnode.trainer.logic import CriticalError, TrainerLogic, TrainingInterrupted
@@ -180,14 +180,9 @@ class StageWork:
         if (folder / BASE_MODEL_JSON).is_file():
             return
         staging = self.core_folder / 'base_model'
-        try:
-            self.exchange.download_model(model_uuid, self.logic.model_format, staging, replace=True)
-        except ModelArchiveError as e:
-            raise CriticalError(f'the base model {model_uuid} is unusable: {e}') from e
-        except LoopHTTPError as e:
-            if e.status == 404:
-                raise CriticalError(f'the base model {model_uuid} ({self.logic.model_format}) does not exist') from e
-            raise
+        # a missing or broken model is retried like any error (a download may break on the way) and given up
+        # after max_attempts; the reference retries it forever
+        self.exchange.download_model(model_uuid, self.logic.model_format, staging, replace=True)
         entries = sorted(staging.iterdir(), key=lambda p: p.name == 'model.json')
         if any(entry.name in (CORE_FOLDER, BASE_MODEL_JSON) for entry in entries):
             raise CriticalError(f'the base model zip holds an entry named {CORE_FOLDER!r} or {BASE_MODEL_JSON!r}')
@@ -344,10 +339,7 @@ class StageWork:
         info_path = folder / 'model.json'
         data = _read_json(info_path, None)
         if not (isinstance(data, dict) and data.get('id') == model_id):
-            try:
-                data = self.exchange.download_model(model_id, self.logic.model_format, folder, replace=True)
-            except ModelArchiveError as e:
-                raise CriticalError(f'the uploaded model {model_id} cannot be installed: {e}') from e
+            data = self.exchange.download_model(model_id, self.logic.model_format, folder, replace=True)
         try:
             info = ModelInformation.from_dict(data)
         except SchemaError as e:
@@ -428,8 +420,8 @@ class StageWork:
 
         def on_slice(next_index: int) -> None:
             write_json(progress_path, {'run_id': manifest['run_id'], 'next': next_index})
-            self.progress = next_index / total
-            if total > 1000:
+            before, self.progress = self.progress or 0.0, next_index / total
+            if total > 1000 and int(self.progress * 10) > int(before * 10):  # every 10 %
                 logger.info('%s: %d of %d detections uploaded', self.run, next_index, total)
             self._check_cancel()
 

@@ -280,3 +280,28 @@ def test_a_critical_error_cleans_up_at_once_and_keeps_the_error(
     assert logic.count('train') == 1
     assert stored_uploads(local_loop, number) == {}
     assert node.status().errors == {'run_training': 'scripted critical failure'}
+
+
+def test_a_base_model_that_does_not_exist_is_retried_then_given_up(
+    local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]
+) -> None:
+    logic = ScriptedLogic(epochs=1)
+    node = make_trainer(local_loop, logic, max_attempts=2)
+    begin(local_loop, node, base_model_uuid='00000000-0000-0000-0000-000000000000')
+    wait_idle(node)
+    assert logic.count('train') == 0
+    errors = node.status().errors
+    assert set(errors) == {'download_model'}
+    assert '404' in errors['download_model']
+    assert errors['download_model'].endswith('(gave up after 2 attempts)')
+
+
+def test_a_base_model_uuid_that_is_no_uuid_trains_from_scratch(
+    local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]
+) -> None:
+    logic = ScriptedLogic(epochs=1)
+    node = make_trainer(local_loop, logic)
+    number = begin(local_loop, node, base_model_uuid='small')['training_number']
+    wait_idle(node)
+    assert logic.count('train') == 1
+    assert stored_uploads(local_loop, number) == {f: 1 for f in FORMATS}
