@@ -88,7 +88,6 @@ class Snapshot:
     progress: float | None = None
     uptime: float | None = None
     context: dict[str, str] | None = None
-    training: Training | None = None
 
 
 class TrainingMachine:
@@ -152,7 +151,8 @@ class TrainingMachine:
         self._idle = threading.Event()  # set while the worker has no training
         self._idle.set()
         self._thread = threading.Thread(target=self._loop, name=thread_name, daemon=True)
-        #: seconds spent in each stage outside the logic's own hooks (for bench/trainer.py); worker thread only
+        #: wall seconds of each stage's successful runs, the logic's hooks included (bench/trainer.py subtracts
+        #: what it measures inside its logic); written by the worker thread only
         self.stage_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ public API
@@ -198,7 +198,7 @@ class TrainingMachine:
                 progress = run.progress
             elif state in _PROGRESS_STATES and work is not None:
                 progress = work.progress
-            return Snapshot(state.value, errors, progress, training.uptime, training.context, training)
+            return Snapshot(state.value, errors, progress, training.uptime, training.context)
 
     def begin(self, organization: str, project: str, details: TrainingDetails) -> Training:
         """Create and checkpoint a new training and let the worker run it; :class:`TrainingRefused` if one is active."""

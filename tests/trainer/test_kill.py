@@ -74,6 +74,7 @@ class TrainerProcess:
             stderr=subprocess.STDOUT,
         )
         self.started = time.monotonic()
+        self.started_wall = time.time()
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -130,11 +131,12 @@ def test_a_trainer_killed_at_random_moments_always_finishes_and_uploads_everythi
             process.kill()
             killed_in.append(checkpoint_state(checkpoint))
             boundaries.append(_counts(loop))
-            if checkpoint_state(checkpoint) is None:
-                break
             process = TrainerProcess(loop, data_folder, log)
+            if checkpoint_state(checkpoint) is None:
+                break  # killed after the training was cleared: the last process only has to come up idle
 
         wait_for(lambda: checkpoint_state(checkpoint) is None, timeout=60, what='the training to finish')
+        wait_for(lambda: _reported_by(loop, process), timeout=20, what='the last process to report')
         wait_for(lambda: _reported_idle(loop), timeout=20, what='the idle status at the Loop')
         assert process.terminate() == 0
     finally:
@@ -174,6 +176,12 @@ def test_a_trainer_killed_at_random_moments_always_finishes_and_uploads_everythi
 def _connected(loop: LocalLoop) -> bool:
     assert loop.hub is not None
     return any(n['id'] == NODE_UUID for n in loop.hub.connected())
+
+
+def _reported_by(loop: LocalLoop, process: TrainerProcess) -> bool:
+    """Whether ``process`` has connected and sent its first status (the Loop knows the connection by the node id)."""
+    assert loop.hub is not None
+    return any(n['id'] == NODE_UUID and n['connected_at'] >= process.started_wall for n in loop.hub.connected())
 
 
 def _reported_idle(loop: LocalLoop) -> bool:
