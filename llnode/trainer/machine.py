@@ -25,9 +25,11 @@ the machine has seen whole.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +215,7 @@ class TrainingMachine:
                 raise TrainingRefused('the trainer is shutting down')
             Training.check_names(organization, project)
             if not self.keep_old_trainings:
-                _delete_old_trainings(self.data_folder / organization / project / 'trainings')
+                _discard_old_trainings(self.data_folder / organization / project)
             training = Training.create(self.data_folder, organization, project, details)
             self.checkpoint.save(training)
             self._activate(training)
@@ -364,6 +366,7 @@ class TrainingMachine:
                 self._stop.wait(self.retry_delay or 1.0)
 
     def _drive(self, training: Training, run: Run) -> None:
+        _delete_discarded(training.project_folder)
         while not self._stop.is_set():
             state = training.training_state
             if state == TrainerState.READY_FOR_CLEANUP:
@@ -512,12 +515,26 @@ class _StageTimer:
         self.seconds = time.perf_counter() - self._started
 
 
-def _delete_old_trainings(folder: Path) -> None:
-    """Delete every earlier training folder of a project (unless ``KEEP_OLD_TRAININGS``)."""
-    if not folder.is_dir():
+#: Where the old training folders of a project wait for the worker to delete them (``{project}/.old_trainings``).
+OLD_TRAININGS = '.old_trainings'
+
+
+def _discard_old_trainings(project_folder: Path) -> None:
+    """Move every earlier training folder of a project out of the way (unless ``KEEP_OLD_TRAININGS``).
+
+    Renames are instant, so ``begin_training`` answers at once; the worker deletes them (:func:`_delete_discarded`).
+    """
+    trainings = project_folder / 'trainings'
+    if not trainings.is_dir():
         return
-    for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+    trash = project_folder / OLD_TRAININGS
+    trash.mkdir(exist_ok=True)
+    for entry in trainings.iterdir():
+        os.replace(entry, trash / f'{entry.name}-{uuid.uuid4().hex[:8]}')
+
+
+def _delete_discarded(project_folder: Path) -> None:
+    """Delete the training folders :func:`_discard_old_trainings` moved aside (in the worker thread)."""
+    trash = project_folder / OLD_TRAININGS
+    if trash.is_dir():
+        shutil.rmtree(trash, ignore_errors=True)

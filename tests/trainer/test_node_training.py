@@ -188,6 +188,8 @@ def test_old_trainings_are_deleted_only_after_acceptance(
     begin(local_loop, node)
     wait_for(lambda: not old.exists(), what='the old training folder to go')
     wait_idle(node)
+    assert not (trainings.parent / '.old_trainings').exists()  # deleted by the worker, not in the Socket.IO thread
+    assert len(list(trainings.iterdir())) == 1
 
 
 def test_keep_old_trainings_keeps_them(local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]) -> None:
