@@ -11,7 +11,7 @@ Every figure uses one 640x480 JPEG with camera-like content (gradients, shapes, 
   (``llnode.detector.outbox``), ``autoupload: all`` against ``disabled`` in alternating blocks (waitress).
 - Socket.IO ``detect``: latency of a raw 640x480x3 uint8 array and of the JPEG, over WebSocket (werkzeug) and
   over long-polling (waitress, which cannot carry WebSocket).
-- Idle RSS of the detector process after readiness and the requests, and what the imports alone cost.
+- RSS of the detector process when ready, and idle (3 s after the requests), and what the imports alone cost.
 - Torch (``--device``, CPU by default): a small conv net as a :class:`TorchDetectorLogic`, images/s of
   ``batch_evaluate`` at batch sizes 1, 8 and 32, and ``--clients`` threads through an ``InferenceWorker``
   against one thread. torch is imported only there.
@@ -540,8 +540,10 @@ def import_costs() -> dict[str, Any]:
     return {'total_rss_mb': previous, 'modules': probe['modules'], 'added_rss_mb_by_import': added}
 
 
-def idle_rss(process: Process, idle_s: float = 1.0) -> dict[str, float]:
-    time.sleep(idle_s)  # the process settles (no request in flight); nothing here needs to stop early
+def idle_rss(process: Process, idle_s: float = 3.0) -> dict[str, float]:
+    # The process settles: no request in flight, and a served node hands free memory back one second after the
+    # requests pause (llnode.node.memory); nothing here needs to stop early.
+    time.sleep(idle_s)
     return rss_mb(process.popen.pid)
 
 
