@@ -115,9 +115,9 @@ def test_a_trainer_killed_at_random_moments_always_finishes_and_uploads_everythi
         number = result['training_number']
 
         for target, longest in PLANS:
-            if target is not None:
-                if checkpoint_state(checkpoint) is None or _passed(checkpoint_state(checkpoint), target):
-                    continue  # the training is past this stage already
+            if checkpoint_state(checkpoint) is None:
+                break  # the training is done
+            if target is not None and not _passed(checkpoint_state(checkpoint), target):
                 reached = wait_for(
                     lambda t=target: _reached(checkpoint_state(checkpoint), t),  # type: ignore[misc]
                     timeout=30,
@@ -126,7 +126,7 @@ def test_a_trainer_killed_at_random_moments_always_finishes_and_uploads_everythi
                 )
                 assert reached
                 time.sleep(rng.uniform(0, longest))
-            else:
+            else:  # a random moment (also when the training is past this plan's stage already)
                 time.sleep(max(0.0, process.started + rng.uniform(0.3, 0.3 + longest) - time.monotonic()))
             process.kill()
             killed_in.append(checkpoint_state(checkpoint))
@@ -143,9 +143,10 @@ def test_a_trainer_killed_at_random_moments_always_finishes_and_uploads_everythi
         if process.proc.poll() is None:
             process.kill()
 
-    assert len(killed_in) >= 10, f'too few kills happened: {killed_in}'
-    assert {'running', 'detecting'} <= {s for s in killed_in if s}, killed_in
-    assert len({s for s in killed_in if s}) >= 5, killed_in
+    assert len(killed_in) >= 12, f'too few kills happened: {killed_in}'
+    stages = [ORDER.index(state) for state in killed_in if state is not None]
+    assert min(stages) <= ORDER.index('running') < ORDER.index('train_model_uploading') <= max(stages), killed_in
+    assert len(set(stages)) >= 4, killed_in
 
     # every model format stored once; a 409 only as the first upload after a kill that followed that format's 200
     assert stored_uploads(loop, number) == {f: 1 for f in FORMATS}
