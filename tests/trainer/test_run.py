@@ -62,7 +62,7 @@ def test_report_returns_at_once_and_the_sender_skips_to_the_newest_state(tmp_pat
 
 def test_sends_are_at_most_one_per_interval() -> None:
     send = Recorder()
-    publisher = MetricsPublisher(send, interval=0.3, name='test-metrics-interval')
+    publisher = MetricsPublisher(send, interval=1.0, name='test-metrics-interval')
     publisher.report(state(1))
     wait_for(lambda: send.sent == [1], what='the first send')
     publisher.report(state(2))
