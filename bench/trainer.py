@@ -7,6 +7,8 @@
   metrics, two model formats uploaded, detections for every project image in batches of 10, their upload).
 - ``stages``: per stage, the wall time and the time spent outside the logic's own code (the node's overhead:
   transfers, files, checkpoints), from the same cycle.
+- ``mock_trainer``: one cycle of ``samples/mock_trainer.py`` (a real training subprocess, stopped with
+  ``stop_training`` once its first metrics reached the Loop): the cycle's wall time and the part outside ``running``.
 
 Times come from the node's state history (``TrainingMachine.state_history``: monotonic time of each transition).
 
@@ -16,6 +18,7 @@ Times come from the node's state history (``TrainingMachine.state_history``: mon
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -134,6 +137,47 @@ def one_cycle(loop: LocalLoop, data_folder: Path) -> dict[str, Any]:
     return {'data_download_s': downloaded - started, 'cycle_s': finished - started, 'stages': stages}
 
 
+def mock_trainer_cycle(loop: LocalLoop, data_folder: Path) -> dict[str, Any]:
+    """One training of ``samples/mock_trainer.py``'s logic, stopped once its first metrics were published."""
+    path = Path(__file__).resolve().parents[1] / 'samples' / 'mock_trainer.py'
+    spec = importlib.util.spec_from_file_location('mock_trainer', path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f'cannot load {path}')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    logic = module.MockTrainerLogic(seed=1)
+    logic.sync_interval = 0.2
+    node = TrainerNode('bench mock trainer', logic, settings=loop.settings(data_folder=data_folder))
+    node.start()
+    try:
+        wait_connected(loop, node)
+        started = time.monotonic()
+        if not loop.begin_training(node=node.uuid)['accepted']:
+            raise SystemExit('begin_training was refused by the mock trainer')
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            run = node.machine.run
+            if run is not None and run.publisher.sent > 0:
+                break
+            time.sleep(0.01)
+        else:
+            raise SystemExit(f'the mock trainer published no metrics (state {node.status().state})')
+        node.stop_training()
+        if not node.machine.wait_idle(120):
+            raise SystemExit(f'the mock training did not finish (state {node.status().state})')
+        if node.status().errors:
+            raise SystemExit(f'the mock training failed: {node.status().errors}')
+        running, finished = entered(node, 'running'), entered(node, 'training_finished')
+        idle = entered(node, 'idle')
+    finally:
+        node.stop()
+    return {
+        'cycle_s': round(idle - started, 3),
+        'running_s': round(finished - running, 3),
+        'outside_running_s': round(idle - started - (finished - running), 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--images', type=int, default=1000, help='complete images of the demo project')
@@ -147,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             loop.store.prerender(ORGANIZATION, PROJECT)
             project_images = len(loop.store.image_ids(ORGANIZATION, PROJECT))
             runs = [one_cycle(loop, root / f'node-{n}') for n in range(args.repeats)]
+            mock = mock_trainer_cycle(loop, root / 'node-mock')
         finally:
             loop.stop()
     downloads = [r['data_download_s'] for r in runs]
@@ -164,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         'cycle_s': round(statistics.median(cycles), 3),
         'cycle_runs_s': [round(c, 3) for c in cycles],
         'stages_of_median_cycle': middle['stages'],
+        'mock_trainer': mock,
         'logic': 'bench/trainer.py BenchLogic: 3 epochs, 2 formats, one detection per category and image',
     }
     print(json.dumps(result))
