@@ -2,23 +2,38 @@
 at any moment, and the user API a training implementation is written against.
 
 ``TrainerNode(name, logic)`` runs a :class:`TrainerLogic`; the logic gets a :class:`TrainingRun` in every hook.
+Two implementations: :class:`SubprocessTrainerLogic` (a training command, e.g. a ``torchrun`` launch, run by an
+:class:`Executor`) and :class:`InProcessTrainerLogic` (a training loop in the node's thread, reporting through
+:class:`Callback` objects driven by :class:`TrainingHooks`). Importing this package never imports torch.
 """
 
 from __future__ import annotations
 
+from llnode.trainer.callbacks import Callback, ConfusionCounter, current_rank, f1_score, macro_f1
+from llnode.trainer.executor import Executor, ExecutorError
+from llnode.trainer.inprocess import InProcessTrainerLogic, TrainingHooks
 from llnode.trainer.logic import BestState, CriticalError, TrainerLogic, TrainingInterrupted, TrainingRun
 from llnode.trainer.machine import TrainingRefused
 from llnode.trainer.node import TrainerNode
-
-# The subprocess API (SubprocessTrainerLogic, Executor) and the in-process API (callbacks) are exported here by
-# the lead once they land (llnode/trainer/subprocess_logic.py, executor.py, inprocess.py, callbacks.py).
+from llnode.trainer.subprocess_logic import SubprocessTrainerLogic, TrainingProcessError
 
 __all__ = [
     'BestState',
+    'Callback',
+    'ConfusionCounter',
     'CriticalError',
+    'Executor',
+    'ExecutorError',
+    'InProcessTrainerLogic',
+    'SubprocessTrainerLogic',
     'TrainerLogic',
     'TrainerNode',
+    'TrainingHooks',
     'TrainingInterrupted',
+    'TrainingProcessError',
     'TrainingRefused',
     'TrainingRun',
+    'current_rank',
+    'f1_score',
+    'macro_f1',
 ]

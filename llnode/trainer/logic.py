@@ -86,7 +86,7 @@ class TrainingRun(Protocol):
 
     @property
     def abort_requested(self) -> bool:
-        """An abort was asked for: return or raise soon; nothing is uploaded."""
+        """An abort was asked for (also when the node shuts down): return or raise soon; nothing is uploaded."""
         ...
 
     def check_stop(self) -> None:
@@ -143,7 +143,11 @@ class TrainerLogic:
         """An abort was requested (``run.abort_requested`` is already set); end the training now."""
 
     def on_metrics_published(self, run: TrainingRun, state: BestState) -> None:
-        """The Loop acknowledged ``state``; keep what is needed to upload this model later."""
+        """The Loop acknowledged ``state``; keep what is needed to upload this model later.
+
+        Called from the metrics sender thread (the training thread in the ``sync_confusion_matrix`` stage, a web
+        thread for the backdoor ``/steps``), not necessarily the thread that reported the state.
+        """
 
     def model_files(self, run: TrainingRun) -> Mapping[str, Sequence[Path]] | Sequence[Path]:
         """The files of the trained model: a list (for ``model_format``) or a mapping format -> list.
