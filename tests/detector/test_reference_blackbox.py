@@ -11,13 +11,7 @@ no model is loaded), the test says so.
 from __future__ import annotations
 
 import json
-import os
-import queue
-import re
 import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,11 +37,11 @@ from tests.detector.node_helpers import (
     raw_dict,
 )
 from tests.polling import wait_for
+from tests.samples import sample_process
 
 MakeDetector = Callable[..., Detector]
 Connect = Callable[[Detector], SioClient]
 
-REPO = Path(__file__).resolve().parents[2]
 
 #: the camera id of the reference's filter test
 CAMERA = '00:.....'
@@ -298,51 +292,17 @@ def test_mock_detector_sio_detect(make_detector: MakeDetector, sio_connect: Conn
     assert 'created' in answer and answer['created'] is None
 
 
-def read_lines(stream: Any, lines: queue.Queue[str]) -> None:
-    for line in stream:
-        lines.put(line.rstrip('\n'))
-
-
 def test_mock_detector_sample_in_a_subprocess(local_loop: LocalLoop, tmp_path: Path) -> None:
     """``samples/mock_detector.py`` as a real process: it downloads the deployed demo model from the Loop, answers
     sio ``detect`` over WebSocket with its box and point, and ends with code 0 on SIGTERM."""
-    settings = local_loop.settings()
-    env = {
-        **os.environ,
-        'LOOP_HOST': settings.host,
-        'LOOP_USERNAME': settings.username,
-        'LOOP_PASSWORD': settings.password,
-        'LOOP_ORGANIZATION': settings.organization,
-        'LOOP_PROJECT': settings.project,
-        'DATA_FOLDER': str(tmp_path / 'sample-data'),
-    }
-    command = [sys.executable, str(REPO / 'samples' / 'mock_detector.py'), '--host', '127.0.0.1', '--port', '0']
-    process = subprocess.Popen(
-        [*command, '--server', 'werkzeug'],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    output: list[str] = []
-    reader = threading.Thread(target=read_lines, args=(process.stdout, lines), name='test-sample-output', daemon=True)
-    reader.start()
-    try:
-        url = None
-        while url is None:
-            line = lines.get(timeout=30)
-            output.append(line)
-            found = re.search(r'serving on (http://127\.0\.0\.1:\d+)', line)
-            url = found.group(1) if found else None
+    with sample_process('mock_detector.py', local_loop, tmp_path / 'sample-data', '--server', 'werkzeug') as sample:
         wait_for(
-            lambda: requests.get(f'{url}/readyz', timeout=5).status_code == 200,
+            lambda: requests.get(f'{sample.url}/readyz', timeout=5).status_code == 200,
             timeout=30,
             what='the sample to load the deployed model',
             interval=0.1,
         )
-        client = connect_client(url, 'werkzeug')
+        client = connect_client(sample.url, 'werkzeug')
         try:
             answer = client.call('detect', {'image': raw_dict(np.zeros((20, 30, 3), np.uint8))}, timeout=5)
         finally:
@@ -350,16 +310,9 @@ def test_mock_detector_sample_in_a_subprocess(local_loop: LocalLoop, tmp_path: P
         assert [(b['model_name'], b['confidence']) for b in answer['box_detections']] == [('1.1', 0.42)]
         assert [(p['model_name'], p['confidence']) for p in answer['point_detections']] == [('1.1', 0.9)]
         assert (answer['tags'], answer['created']) == ([], None)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        reader.join(5)
-        while not lines.empty():
-            output.append(lines.get())
-    assert 'Traceback' not in '\n'.join(output), '\n'.join(output)
+        sample.process.send_signal(signal.SIGTERM)
+        assert sample.process.wait(timeout=20) == 0
+    assert 'Traceback' not in sample.text(), sample.text()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,14 @@ import pytest
 
 from llnode.localloop import LocalLoop
 from tests.polling import wait_for
-from tests.trainer.trainer_support import FORMATS, ORGANIZATION, PROJECT, project_image_ids, stored_uploads
+from tests.trainer.trainer_support import (
+    FORMATS,
+    ORGANIZATION,
+    PROJECT,
+    TRAINING_STATES,
+    project_image_ids,
+    stored_uploads,
+)
 
 REPO = Path(__file__).parents[2]
 SEED = int(os.environ.get('LLNODE_KILL_SEED', '20240611'))  # another seed explores other kill moments
@@ -45,23 +52,7 @@ PLANS: list[tuple[str | None, float]] = [
     ('detection_uploading', 0.03),
     ('ready_for_cleanup', 0.01),
 ]
-ORDER = [
-    'initialized',
-    'data_downloading',
-    'data_downloaded',
-    'train_model_downloading',
-    'train_model_downloaded',
-    'running',
-    'training_finished',
-    'confusion_matrix_syncing',
-    'confusion_matrix_synced',
-    'train_model_uploading',
-    'train_model_uploaded',
-    'detecting',
-    'detected',
-    'detection_uploading',
-    'ready_for_cleanup',
-]
+ORDER = TRAINING_STATES
 
 
 class TrainerProcess:

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import os
-import queue
-import re
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +21,7 @@ from llnode.schema import Category, ModelInformation
 from llnode.trainer import TrainerNode
 from llnode.trainer.subprocess_logic import TrainingProcessError
 from tests.polling import wait_for
+from tests.samples import sample_process
 from tests.trainer.test_subprocess_logic import FakeRun, Training
 from tests.trainer.trainer_support import (
     FORMATS,
@@ -223,74 +220,34 @@ def test_a_full_mock_training_against_the_local_loop(
 # ---------------------------------------------------------------------- the script as a process
 
 
-def read_lines(stream: Any, lines: queue.Queue[str]) -> None:
-    for line in stream:
-        lines.put(line.rstrip('\n'))
-
-
 def test_the_sample_script_trains_through_its_backdoor(local_loop: LocalLoop, tmp_path: Path) -> None:
     """``python samples/mock_trainer.py --backdoor`` with the ``LOOP_*`` variables: a training from
     ``begin_training`` to idle, driven by ``/steps`` and ``/kill_training_process``; SIGTERM ends it with 0."""
-    settings = local_loop.settings()
-    env = {
-        **os.environ,
-        'LOOP_HOST': settings.host,
-        'LOOP_USERNAME': settings.username,
-        'LOOP_PASSWORD': settings.password,
-        'LOOP_ORGANIZATION': settings.organization,
-        'LOOP_PROJECT': settings.project,
-        'DATA_FOLDER': str(tmp_path / 'trainer-data'),
-    }
-    command = [sys.executable, str(REPO / 'samples' / 'mock_trainer.py'), '--host', '127.0.0.1', '--port', '0']
-    process = subprocess.Popen(
-        [*command, '--backdoor', '--sync-interval', '30'],  # metrics only from /steps
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    output: list[str] = []
-    reader = threading.Thread(target=read_lines, args=(process.stdout, lines), name='test-sample-output', daemon=True)
-    reader.start()
-    try:
-        url = None
-        while url is None:
-            line = lines.get(timeout=30)
-            output.append(line)
-            found = re.search(r'serving on (http://127\.0\.0\.1:\d+)', line)
-            url = found.group(1) if found else None
+    data = tmp_path / 'trainer-data'
+    # metrics only from /steps
+    with sample_process('mock_trainer.py', local_loop, data, '--backdoor', '--sync-interval', '30') as sample:
 
         def trainer() -> dict[str, Any] | None:
             return next((n for n in local_loop.nodes() if n.get('node_type') == 'trainer' and n.get('id')), None)
 
         node_id = wait_for(trainer, timeout=30, what='the sample to connect and report', interval=0.05)['id']
-        assert requests.post(f'{url}/steps', data='1', timeout=5).status_code == 409  # nothing runs yet
+        assert requests.post(f'{sample.url}/steps', data='1', timeout=5).status_code == 409  # nothing runs yet
         number = local_loop.begin_training(node=node_id)['training_number']
         wait_for(
-            lambda: requests.post(f'{url}/steps', data='2', timeout=10).status_code == 200,
+            lambda: requests.post(f'{sample.url}/steps', data='2', timeout=10).status_code == 200,
             timeout=30,
             what='the training process to run',
             interval=0.1,
         )
         updates = local_loop.store.training_updates(ORGANIZATION, PROJECT)
         assert [u['best_epoch'] for u in updates] == [1, 2]
-        assert requests.post(f'{url}/kill_training_process', timeout=10).status_code == 200
+        assert requests.post(f'{sample.url}/kill_training_process', timeout=10).status_code == 200
         wait_for(lambda: stored_uploads(local_loop, number) == {f: 1 for f in FORMATS}, timeout=30, what='models')
         wait_for(
             lambda: len(local_loop.store.detections(ORGANIZATION, PROJECT)) == len(project_image_ids(local_loop)),
             timeout=30,
             what='the detections of every project image',
         )
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        reader.join(5)
-        while not lines.empty():
-            output.append(lines.get())
-    text = '\n'.join(output)
-    assert 'Traceback' not in text, text
+        sample.process.send_signal(signal.SIGTERM)
+        assert sample.process.wait(timeout=20) == 0
+    assert 'Traceback' not in sample.text(), sample.text()

@@ -17,6 +17,7 @@ from tests.trainer.trainer_support import (
     FORMATS,
     ORGANIZATION,
     PROJECT,
+    TRAINING_STATES,
     ScriptedLogic,
     accepted_detection_posts,
     begin,
@@ -36,24 +37,7 @@ def test_a_training_goes_from_begin_training_to_idle(
     number = result['training_number']
     wait_idle(node)
     assert node.status().errors == {}
-    assert [state for state, _ in node.machine.state_history()] == [
-        'initialized',
-        'data_downloading',
-        'data_downloaded',
-        'train_model_downloading',
-        'train_model_downloaded',
-        'running',
-        'training_finished',
-        'confusion_matrix_syncing',
-        'confusion_matrix_synced',
-        'train_model_uploading',
-        'train_model_uploaded',
-        'detecting',
-        'detected',
-        'detection_uploading',
-        'ready_for_cleanup',
-        'idle',
-    ]
+    assert [state for state, _ in node.machine.state_history()] == [*TRAINING_STATES, 'idle']
 
     # metrics: newer states only (a send in flight may make the sender skip to the newest), the last one always;
     # counts of the downloaded data and the hyperparameters

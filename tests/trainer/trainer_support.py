@@ -31,6 +31,25 @@ from tests.polling import wait_for
 ORGANIZATION, PROJECT = 'zauberzeug', 'demo'
 FORMATS = ('mocked', 'mocked_2')
 
+#: the states of a training from begin to cleanup, in order (loop-protocol §7.5.3)
+TRAINING_STATES = [
+    'initialized',
+    'data_downloading',
+    'data_downloaded',
+    'train_model_downloading',
+    'train_model_downloaded',
+    'running',
+    'training_finished',
+    'confusion_matrix_syncing',
+    'confusion_matrix_synced',
+    'train_model_uploading',
+    'train_model_uploaded',
+    'detecting',
+    'detected',
+    'detection_uploading',
+    'ready_for_cleanup',
+]
+
 
 class ScriptedLogic(TrainerLogic):
     """A trainer logic whose behaviour tests choose; it records every hook call in ``calls`` (thread-safe)."""
