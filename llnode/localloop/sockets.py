@@ -91,6 +91,7 @@ class NodeHub:
         self.sio.on('update_trainer', self._guard('update_trainer', self._update_trainer))
         self.sio.on('update_training', self._guard('update_training', self._update_training))
         self.sio.on('update_annotation_node', self._guard('update_annotation_node', self._update_annotation_node))
+        self.sio.on('update_converter', self._guard('update_converter', self._update_converter))
         self.sio.on(
             'update_segmentation_annotation',
             self._guard('update_segmentation_annotation', self._update_segmentation_annotation),
@@ -207,6 +208,10 @@ class NodeHub:
 
     def _update_annotation_node(self, sid: str, *args: Any) -> None:
         self._status(sid, args, 'update_annotation_node')
+
+    def _update_converter(self, sid: str, *args: Any) -> None:
+        # Converters (nodeType ``converter``, llnode.converter) report a NodeStatus like annotators do.
+        self._status(sid, args, 'update_converter')
 
     def _update_training(self, sid: str, *args: Any) -> None:
         organization, project, training_out = _dict_arg(args, 3, 'update_training')
