@@ -53,6 +53,12 @@ class ImageCache:
         """Images this cache downloaded so far (files found on disk do not count)."""
         return self._downloads
 
+    def fetching(self, path: Path) -> int:
+        """Callers downloading the image at ``path`` or waiting for that download now."""
+        with self._lock:
+            flight = self._flights.get(Path(path))
+            return flight.users if flight is not None else 0
+
     def folder(self, organization: str, project: str) -> Path:
         """``{data_folder}/{organization}/{project}/images``."""
         organization = checked_name(organization, 'organization')

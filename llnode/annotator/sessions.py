@@ -130,6 +130,12 @@ class FrontendSessions:
                 session.last_used = time.monotonic()
                 self._changed.notify_all()
 
+    def queued(self, frontend_id: str) -> int:
+        """Events of ``frontend_id`` that hold or wait for its turn now."""
+        with self._lock:
+            session = self._sessions.get(frontend_id)
+            return len(session.queue) if session is not None else 0
+
     def frontend_ids(self) -> list[str]:
         """Frontends that have a history now."""
         with self._lock:
