@@ -17,6 +17,10 @@ lacks):
 - node shutdown: the stage is interrupted (the run's cancel event reaches transfers; ``logic.abort(run)`` ends a
   training), the state goes back to where the stage started and the checkpoint keeps it for the restart.
 
+A training runs only while the machine holds the training slot (:mod:`llnode.trainer.slot`, 0.27): ``begin``
+claims it before it changes anything, a resumed training waits for it in the worker (``waiting_for_slot``), and
+it is released when the training is cleared or the machine shuts down.
+
 ``_lock`` (owned by the machine) guards ``_training``, ``_run``, ``_work``, ``_last_errors``, ``_node_errors``
 and every change of the training record; checkpoint writes happen under it, so a record on disk is always one
 the machine has seen whole.
@@ -33,7 +37,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llnode.loop.errors import LoopConnectionError, LoopHTTPError, LoopRateLimited
 from llnode.loop.exchange import DataExchange
@@ -42,6 +46,9 @@ from llnode.trainer.logic import BestState, CriticalError, TrainerLogic, Trainin
 from llnode.trainer.run import Run
 from llnode.trainer.stages import STAGE_FROM, LoopUnavailable, Stage, StageWork
 from llnode.trainer.training import Checkpoint, CheckpointError, Training
+
+if TYPE_CHECKING:
+    from llnode.trainer.slot import TrainingSlot
 
 logger = logging.getLogger('llnode.trainer.machine')
 
@@ -99,6 +106,7 @@ class TrainingMachine:
     ``send_metrics(training, state)`` publishes a best state (True when the Loop acknowledged it);
     ``on_cleanup(training)`` runs just before a finished training is cleared (the node reports
     ``ready_for_cleanup``), ``on_cleared(training)`` right after (the node reports ``idle``, may restart).
+    ``slot`` is the training slot shared with sibling trainers (default: one that is always free).
     """
 
     def __init__(
@@ -119,6 +127,7 @@ class TrainingMachine:
         metrics_interval: float = 5.0,
         keep_old_trainings: bool = False,
         thread_name: str = 'llnode-trainer',
+        slot: TrainingSlot | None = None,
     ) -> None:
         if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
             raise ValueError(f'max_attempts must be a positive integer or None (no limit), got {max_attempts!r}')
@@ -139,6 +148,11 @@ class TrainingMachine:
         self.max_retry_delay = max_retry_delay
         self.metrics_interval = metrics_interval
         self.keep_old_trainings = keep_old_trainings
+        if slot is None:
+            from llnode.trainer.slot import AlwaysFreeSlot  # the slot module builds on this one
+
+            slot = AlwaysFreeSlot()
+        self.slot = slot
 
         self._lock = threading.Lock()
         self._training: Training | None = None
@@ -192,9 +206,12 @@ class TrainingMachine:
             training, run, work = self._training, self._run, self._work
             errors = {**self._node_errors}
             if training is None:
-                return Snapshot('idle', {**self._last_errors, **errors})
+                idle = TrainerState.BLOCKED if self.slot.taken_by_sibling else TrainerState.IDLE
+                return Snapshot(idle.value, {**self._last_errors, **errors})
             state = training.training_state
             errors.update(training.errors)
+            if not self.slot.held:
+                return Snapshot(TrainerState.WAITING_FOR_SLOT.value, errors, None, training.uptime, training.context)
             progress: float | None = None
             if state == TrainerState.RUNNING and run is not None:
                 progress = run.progress
@@ -203,7 +220,11 @@ class TrainingMachine:
             return Snapshot(state.value, errors, progress, training.uptime, training.context)
 
     def begin(self, organization: str, project: str, details: TrainingDetails) -> Training:
-        """Create and checkpoint a new training and let the worker run it; :class:`TrainingRefused` if one is active."""
+        """Create and checkpoint a new training and let the worker run it.
+
+        :class:`TrainingRefused` if one is active, :class:`~llnode.trainer.slot.TrainingSlotTaken` if a sibling
+        holds the training slot; in both cases nothing was changed.
+        """
         with self._lock:
             if self._training is not None:
                 active = self._training
@@ -214,11 +235,16 @@ class TrainingMachine:
             if self._stop.is_set():
                 raise TrainingRefused('the trainer is shutting down')
             Training.check_names(organization, project)
-            if not self.keep_old_trainings:
-                _discard_old_trainings(self.data_folder / organization / project)
-            training = Training.create(self.data_folder, organization, project, details)
-            self.checkpoint.save(training)
-            self._activate(training)
+            self.slot.claim(self._slot_holder(organization, project, details.training_number))
+            try:  # old trainings are discarded only once the slot is won
+                if not self.keep_old_trainings:
+                    _discard_old_trainings(self.data_folder / organization / project)
+                training = Training.create(self.data_folder, organization, project, details)
+                self.checkpoint.save(training)
+                self._activate(training)
+            except BaseException:
+                self.slot.release()
+                raise
             self._last_errors = {}
             self._node_errors = {}
         logger.info(
@@ -326,6 +352,7 @@ class TrainingMachine:
                 logger.warning('the training worker did not end within %.1f s', timeout)
         if run is not None:
             run.publisher.close(timeout=1.0)
+        self.slot.release()
         return ended
 
     # ------------------------------------------------------------------ worker
@@ -365,8 +392,15 @@ class TrainingMachine:
                 logger.exception('training %s: the worker failed; trying again', training.id)
                 self._stop.wait(self.retry_delay or 1.0)
 
+    def _slot_holder(self, organization: str, project: str, training_number: int) -> str:
+        return f'node {self.node_uuid}, training #{training_number} of {organization}/{project}'
+
     def _drive(self, training: Training, run: Run) -> None:
         _delete_discarded(training.project_folder)
+        if not self.slot.held and not training.abort_requested:  # a resumed training: wait for its turn
+            holder = self._slot_holder(training.organization, training.project, training.training_number)
+            if not self.slot.wait_for(holder, run.cancel_event) and run.shutdown_requested:
+                return  # the node stops; the checkpoint keeps the training
         while not self._stop.is_set():
             state = training.training_state
             if state == TrainerState.READY_FOR_CLEANUP:
@@ -487,6 +521,7 @@ class TrainingMachine:
             self._last_errors = dict(training.errors)
             self._training, self._run, self._work = None, None, None
             self._history.append(('idle', time.monotonic()))
+            self.slot.release()
             self._idle.set()
         logger.info(
             'training %s cleared%s',

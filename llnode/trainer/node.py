@@ -32,6 +32,7 @@ from llnode.node.repeat import REPEAT_INTERVAL
 from llnode.schema import Context, PretrainedModel, SchemaError, TrainingDetails, TrainingOut, TrainingStatus
 from llnode.trainer.logic import BestState, TrainerLogic
 from llnode.trainer.machine import MAX_ATTEMPTS, MAX_RETRY_DELAY, RETRY_DELAY, TrainingMachine, TrainingRefused
+from llnode.trainer.slot import TrainingSlot, training_slot_from_settings
 from llnode.trainer.training import Training
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class TrainerNode(Node):
     ``USE_BACKDOOR_CONTROLS``). A failing stage is retried after ``retry_delay`` seconds, doubling up to
     ``max_retry_delay``, and given up after ``max_attempts`` failures in a row (None: never).
     ``metrics_interval`` is the least time between two ``update_training`` sends while training.
+    ``training_slot`` is shared with sibling trainers on the same GPU (default: from ``TRAINING_SLOT_LOCK``, see
+    :mod:`llnode.trainer.slot`); while a sibling holds it the node refuses trainings and reports ``blocked``.
     """
 
     node_type = 'trainer'
@@ -80,9 +83,12 @@ class TrainerNode(Node):
         metrics_interval: float = 5.0,
         loop_client_factory: Callable[[Settings], LoopClient] | None = None,
         loop_socket_factory: Callable[[LoopClient, str], LoopSocket] | None = None,
+        training_slot: TrainingSlot | None = None,
     ) -> None:
         if not isinstance(logic, TrainerLogic):
             raise TypeError(f'logic must be a TrainerLogic, got {type(logic).__name__}')
+        if training_slot is not None and not isinstance(training_slot, TrainingSlot):
+            raise TypeError(f'training_slot must be a TrainingSlot, got {type(training_slot).__name__}')
         super().__init__(
             name,
             settings=settings,
@@ -111,6 +117,7 @@ class TrainerNode(Node):
             metrics_interval=metrics_interval,
             keep_old_trainings=self.settings.keep_old_trainings,
             thread_name=f'llnode-trainer-{node_key(name)}',
+            slot=training_slot if training_slot is not None else training_slot_from_settings(self.settings),
         )
         self._status_lock = threading.Lock()  # guards _reported_state and _idle_since
         self._reported_state: str | None = None
@@ -125,7 +132,8 @@ class TrainerNode(Node):
         """Start a training (what ``begin_training`` from the Loop does); returns its record.
 
         Raises :class:`~llnode.schema.SchemaError` (a ``ValueError``) for invalid details and
-        :class:`~llnode.trainer.machine.TrainingRefused` while a training is active.
+        :class:`~llnode.trainer.machine.TrainingRefused` while a training is active or a sibling holds the
+        training slot (:class:`~llnode.trainer.slot.TrainingSlotTaken`).
         """
         for what, value in (('organization', organization), ('project', project)):
             if not isinstance(value, str) or not value:
@@ -294,7 +302,7 @@ class TrainerNode(Node):
             return
         now = time.monotonic()
         with self._status_lock:
-            if self.machine.active:
+            if self.machine.active:  # no training counts as idle, ``blocked`` by a sibling included
                 self._idle_since = None
                 return
             if self._idle_since is None:
