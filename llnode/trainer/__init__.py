@@ -15,15 +15,24 @@ from llnode.trainer.inprocess import InProcessTrainerLogic, TrainingHooks
 from llnode.trainer.logic import BestState, CriticalError, TrainerLogic, TrainingInterrupted, TrainingRun
 from llnode.trainer.machine import TrainingRefused
 from llnode.trainer.node import TrainerNode
+from llnode.trainer.slot import (
+    AlwaysFreeSlot,
+    FileTrainingSlot,
+    TrainingSlot,
+    TrainingSlotTaken,
+    training_slot_from_settings,
+)
 from llnode.trainer.subprocess_logic import SubprocessTrainerLogic, TrainingProcessError
 
 __all__ = [
+    'AlwaysFreeSlot',
     'BestState',
     'Callback',
     'ConfusionCounter',
     'CriticalError',
     'Executor',
     'ExecutorError',
+    'FileTrainingSlot',
     'InProcessTrainerLogic',
     'SubprocessTrainerLogic',
     'TrainerLogic',
@@ -33,7 +42,10 @@ __all__ = [
     'TrainingProcessError',
     'TrainingRefused',
     'TrainingRun',
+    'TrainingSlot',
+    'TrainingSlotTaken',
     'current_rank',
     'f1_score',
     'macro_f1',
+    'training_slot_from_settings',
 ]
