@@ -126,14 +126,17 @@ def test_one_frontends_events_run_one_at_a_time_in_the_order_they_came(
         def on_ack(*answer: Any) -> None:
             acks[x] = answer[0] if answer else None
 
-        local_loop.sio.emit('handle_user_input', user_input('a', 'mouse_move', image['id'], cat, x=x), to=sid,
-                            callback=on_ack)  # fmt: skip
+        event = user_input('a', 'mouse_move', image['id'], cat, x=x)
+        local_loop.sio.emit('handle_user_input', event, to=sid, callback=on_ack)
+
+    def queued(count: int) -> Callable[[], bool]:
+        return lambda: node.sessions.queued('a') == count
 
     emit(0)
     assert logic.entered.wait(10), 'the first event never reached the tool'
     for x in range(1, 6):  # each waits behind the held one; emitted once the one before is queued
         emit(x)
-        wait_for(lambda x=x: node.sessions.queued('a') == x + 1, what=f'event {x} to wait for its turn')
+        wait_for(queued(x + 1), what=f'event {x} to wait for its turn')
     assert acks == {}
     logic.gate.set()
     wait_for(lambda: len(acks) == 6, what='every ack')
@@ -190,7 +193,7 @@ def test_an_image_is_downloaded_once_for_concurrent_events(
     class SlowImageSession(requests.Session):
         """Counts image downloads and holds each until the test lets it go (so that they would overlap)."""
 
-        def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
             if request.method == 'GET' and str(request.url).endswith('/main'):
                 fetched.append(str(request.url))
                 release.wait(10)
@@ -344,7 +347,7 @@ def test_the_constructor_refuses_what_it_cannot_use(local_loop: LocalLoop) -> No
         AnnotatorNode('a', object(), settings=settings)  # type: ignore[arg-type]
 
     class NoCapabilities(RecordingLogic):
-        capabilities = 'segmentation'  # a string, not a list of strings
+        capabilities = 'segmentation'  # type: ignore[assignment]  # a string, not a list of strings
 
     with pytest.raises(TypeError, match='capabilities must be a list of non-empty strings'):
         AnnotatorNode('a', NoCapabilities(), settings=settings)
