@@ -26,6 +26,7 @@ from tests.annotator.support import (
     user_input,
     wait_connected,
 )
+from tests.node.conftest import new_threads_gone
 from tests.polling import wait_for
 
 
@@ -389,3 +390,15 @@ def test_stopping_the_node_ends_waiting_events_at_once(
     logic.gate.set()
     first.join(10)
     stopper.join(15)
+
+
+def test_stop_ends_every_thread_the_node_started(
+    local_loop: LocalLoop, make_annotator: Callable[..., AnnotatorNode]
+) -> None:
+    before = set(threading.enumerate())
+    node = make_annotator(local_loop, RecordingLogic())
+    image, cat = demo_image(local_loop), category(local_loop)
+    assert send(local_loop, node, user_input('a', 'mouse_move', image['id'], cat)) == ok('<text>1</text>')
+    assert any(t.name.startswith('llnode-') for t in threading.enumerate() if t not in before)
+    assert node.stop()
+    new_threads_gone(before, prefix='llnode-')
