@@ -55,7 +55,8 @@ def test_converts_the_models_that_lack_the_target_and_gives_a_broken_one_up_with
         assert files['weights.upper.txt'] == text
         model_json = json.loads(files['model.json'])
         assert (model_json['id'], model_json['format']) == (model_id, TARGET)
-    assert sorted(node.converted) == sorted([first, second])
+    # the node counts a model as converted once the Loop's answer is in (just after the Loop stored it)
+    wait_for(lambda: sorted(node.converted) == sorted([first, second]), what='the node to count both')
 
     def given_up() -> ModelFailure | None:
         record = node.failures().get(broken)
@@ -103,12 +104,11 @@ def test_5xx_during_download_and_upload_is_retried_and_never_counts_toward_givin
     # one counted failure would give the model up: the outage must not count
     node = make_converter(local_loop, logic, max_attempts=1, retry_delay=0.05, max_retry_delay=0.2)
 
-    wait_for(lambda: TARGET in formats(local_loop, model_id), what='the conversion after the faults')
+    wait_for(lambda: node.converted == [model_id], what='the conversion after the faults')
     rules = {rule['id']: rule for rule in local_loop.fault_rules()}
     assert rules[download['id']]['hits'] == 2 and rules[upload['id']]['hits'] == 1
     # two downloads failed before the logic ran; the failed upload made it convert once more
     assert len(logic.calls_for(model_id)) == 2
-    assert node.converted == [model_id]
     assert node.failures() == {}
     assert stored_files(local_loop, model_id, TARGET)['weights.upper.txt'] == b'WEIGHTS'
 
