@@ -28,7 +28,8 @@ class ConverterLogic(abc.ABC):
     """Converts models from ``source_format`` to ``target_format``; subclass it and write :meth:`convert`.
 
     ``convert`` may take long. It should look at :attr:`stop_requested` now and then and return (or raise)
-    when it is set: the node is shutting down and waits only a bounded time for the conversion to end.
+    when it is set: the node is shutting down and waits only a bounded time for the conversion to end. A logic
+    object serves one node: the flag stays set once that node stopped.
     """
 
     def __init__(self, source_format: str, target_format: str) -> None:

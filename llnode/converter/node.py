@@ -37,7 +37,7 @@ from llnode.loop.exchange import DataExchange
 from llnode.loop.socket import NODE_TYPES, LoopSocket
 from llnode.node.errors import Unavailable
 from llnode.node.identity import node_key
-from llnode.node.node import Node
+from llnode.node.node import STOP_TIMEOUT, Node
 from llnode.node.repeat import REPEAT_INTERVAL
 from llnode.schema import NodeStatus
 
@@ -217,6 +217,11 @@ class ConverterNode(Node):
             logger.info('%s: the Loop sends no ack for %s (it may not know converters); fine', self.name, STATUS_EVENT)
         logger.log(logging.INFO if changed else logging.DEBUG, '%s: status %s', self.name, status.state)
         return True
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
+        """Stop like every node; the conversion worker is told first, so it winds down while the rest stops."""
+        self.worker.request_stop()
+        return super().stop(timeout)
 
     # ------------------------------------------------------------------ Node hooks
 

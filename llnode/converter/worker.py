@@ -198,8 +198,13 @@ class ConversionWorker:
             self._wake.wait(self._wait_time())
 
     def _wait_time(self) -> float:
+        """Until the next check, or sooner when a failed model's back-off ends first.
+
+        Only while listing works and the node is not muted: otherwise a back-off that is due (but cannot be
+        attempted) would make the loop spin.
+        """
         due = self.book.next_due()
-        if due is None:
+        if due is None or self.list_error is not None or self._muted():
             return self.check_interval
         return max(MIN_WAIT, min(self.check_interval, due - time.monotonic()))
 

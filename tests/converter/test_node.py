@@ -225,3 +225,18 @@ def test_a_muted_converter_does_not_convert_until_unmuted(local_loop: LocalLoop,
     assert logic.calls == [] and node.worker.cycles == 0
     node.unmute()
     wait_for(lambda: TARGET in formats(local_loop, model_id), what='the conversion after unmute')
+
+
+def test_a_failing_listing_is_retried_at_the_check_interval_even_while_a_retry_is_due(
+    local_loop: LocalLoop, make_converter: MakeConverter
+) -> None:
+    broken = upload_new_model(local_loop, SOURCE, {WEIGHTS: b'BROKEN'})
+    logic = UpperLogic()
+    node = make_converter(local_loop, logic, check_interval=0.1, retry_delay=0.05, max_attempts=None)
+    wait_for(lambda: logic.calls_for(broken), what='a first attempt')
+    rule = local_loop.inject_fault('GET', rf'/projects/{PROJECT}/models$', 503, count=10_000)
+    wait_for(lambda: 'list_models' in node.status().errors, what='the listing error')
+    first = next(r for r in local_loop.fault_rules() if r['id'] == rule['id'])['hits']
+    time.sleep(1.0)  # a window to measure the listing rate in
+    hits = next(r for r in local_loop.fault_rules() if r['id'] == rule['id'])['hits'] - first
+    assert 3 <= hits <= 15, hits  # about one listing per 0.1 s check, not a spin on the due retry
