@@ -286,7 +286,6 @@ class ConversionWorker:
         record = self.book.record_failure(
             model.id, model.version, f'{type(error).__name__}: {error}', counted=counted, started_at=started
         )
-        first = record.failures == 1
         if record.given_up:
             shutil.rmtree(folder, ignore_errors=True)
             logger.error('model %s (version %s): %s', model.id, model.version, record.describe(self.book.max_attempts))
@@ -298,7 +297,7 @@ class ConversionWorker:
             model.version,
             record.describe(self.book.max_attempts),
             max(0.0, retry_in),
-            exc_info=error if counted and first else None,
+            exc_info=error if counted and record.attempts == 1 else None,  # the traceback once, not per retry
         )
 
     def _check_stop(self) -> None:
