@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llnode.config import Settings
 from llnode.converter.logic import ConverterLogic
@@ -34,7 +34,6 @@ from llnode.converter.retries import MAX_ATTEMPTS, MAX_RETRY_DELAY, RETRY_DELAY,
 from llnode.converter.worker import ConversionWorker
 from llnode.loop.errors import LoopError
 from llnode.loop.exchange import DataExchange
-from llnode.loop.socket import NODE_TYPES, LoopSocket
 from llnode.node.errors import Unavailable
 from llnode.node.identity import node_key
 from llnode.node.node import STOP_TIMEOUT, Node
@@ -43,6 +42,7 @@ from llnode.schema import NodeStatus
 
 if TYPE_CHECKING:
     from llnode.loop.http import LoopClient
+    from llnode.loop.socket import LoopSocket
 
 logger = logging.getLogger('llnode.converter')
 
@@ -57,32 +57,6 @@ CHECK_INTERVAL = 60.0
 WORKER_STOP_TIMEOUT = 10.0
 #: Status states: a model is being converted, or not (the reference's ``State.Running`` / ``State.Idle``).
 RUNNING, IDLE = 'running', 'idle'
-
-
-class _ConverterSocket(LoopSocket):
-    """A Loop socket that announces ``nodeType: converter``.
-
-    Stopgap while ``llnode.loop.socket.NODE_TYPES`` does not list ``converter``: the link is built as a plain
-    ``node`` and only the handshake header says ``converter``. :func:`converter_socket` uses a real
-    ``LoopSocket(client, 'converter')`` as soon as that tuple lists it.
-    """
-
-    def __init__(self, client: LoopClient) -> None:
-        super().__init__(client, 'node')
-
-    @property
-    def node_type(self) -> str:
-        return CONVERTER_NODE_TYPE
-
-    def _headers(self, settings: Any) -> dict[str, str]:
-        return {**super()._headers(settings), 'nodeType': CONVERTER_NODE_TYPE}
-
-
-def converter_socket(client: LoopClient, node_type: str) -> LoopSocket:
-    """The default Loop socket factory of a converter node."""
-    if node_type in NODE_TYPES:
-        return LoopSocket(client, node_type)
-    return _ConverterSocket(client)
 
 
 class ConverterNode(Node):
@@ -129,7 +103,7 @@ class ConverterNode(Node):
             uuid=uuid,
             repeat_interval=repeat_interval,
             loop_client_factory=loop_client_factory,
-            loop_socket_factory=loop_socket_factory or converter_socket,
+            loop_socket_factory=loop_socket_factory,
         )
         self.settings.project_path  # noqa: B018  (raises ConfigError when organization or project is missing)
         self.logic = logic

@@ -44,8 +44,8 @@ logger = logging.getLogger('llnode.loop.socket')
 SOCKETIO_PATH = '/ws/socket.io'
 
 #: ``nodeType`` handshake header values: ``node`` is the reference base-class default, ``detector`` what older
-#: detectors sent.
-NODE_TYPES = ('trainer', 'annotation_node', 'node', 'detector')
+#: detectors sent, ``converter`` what :mod:`llnode.converter` nodes send.
+NODE_TYPES = ('trainer', 'annotation_node', 'node', 'detector', 'converter')
 
 #: Events handled by the link itself; a handler registered for one of them is called, but never wrapped.
 INTERNAL_EVENTS = frozenset({'connect', 'disconnect', 'connect_error'})
