@@ -3,45 +3,24 @@ local Loop with a fast repeat cycle, waits until the Loop knows it, and stops it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-from llnode.annotator import AnnotatorLogic, AnnotatorNode
-from llnode.localloop import LocalLoop
-from tests.annotator.support import RecordingLogic, wait_connected
+from llnode.annotator import AnnotatorNode
+from tests.annotator.support import RecordingLogic
+from tests.linked_nodes import NodeFactory
 
 #: Node options for tests: status reports ten times a second.
 FAST = {'repeat_interval': 0.1}
 
 
 @pytest.fixture
-def make_annotator() -> Iterator[Callable[..., AnnotatorNode]]:
+def make_annotator() -> Iterator[NodeFactory[AnnotatorNode]]:
     """``make_annotator(loop, logic=None, *, name='test annotator', settings=None, connect=True, **node_options)``.
 
     ``settings`` are overrides of ``loop.settings()``; every node it made is stopped at teardown.
     """
-    nodes: list[AnnotatorNode] = []
-
-    def make(
-        loop: LocalLoop,
-        logic: AnnotatorLogic | None = None,
-        *,
-        name: str = 'test annotator',
-        settings: dict[str, Any] | None = None,
-        connect: bool = True,
-        **options: Any,
-    ) -> AnnotatorNode:
-        node = AnnotatorNode(
-            name, logic or RecordingLogic(), settings=loop.settings(**(settings or {})), **{**FAST, **options}
-        )
-        nodes.append(node)
-        node.start()
-        if connect:
-            wait_connected(loop, node)
-        return node
-
-    yield make
-    for node in reversed(nodes):
-        node.stop()
+    factory = NodeFactory(AnnotatorNode, RecordingLogic, 'test annotator', FAST)
+    yield factory
+    factory.stop_all()

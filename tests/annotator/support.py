@@ -9,10 +9,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from llnode.annotator import AnnotatorLogic, AnnotatorNode
+from llnode.annotator import AnnotatorLogic
 from llnode.localloop import LocalLoop
 from llnode.schema import Point, SegmentationAnnotation, Shape, ToolOutput, UserInput
-from tests.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ORGANIZATION, PROJECT = 'zauberzeug', 'demo'
@@ -28,19 +27,6 @@ def load_sample() -> ModuleType:
         sys.modules[name] = module  # dataclasses look their module up while the class is built
         spec.loader.exec_module(module)
     return sys.modules[name]
-
-
-def wait_connected(loop: LocalLoop, node: AnnotatorNode, timeout: float = 15.0) -> None:
-    """Until the Loop knows the annotator by its id (a status arrived) and the node's link is up."""
-    wait_for(
-        lambda: (
-            any(n['id'] == node.uuid and n['connected'] for n in loop.nodes())
-            and node.loop_socket is not None
-            and node.loop_socket.connected
-        ),
-        timeout=timeout,
-        what=f'{node.name} to connect and report',
-    )
 
 
 def demo_image(loop: LocalLoop, index: int = 0) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from tests.annotator.support import (
     demo_image,
     ok,
     user_input,
-    wait_connected,
 )
+from tests.linked_nodes import wait_connected
 from tests.node.conftest import new_threads_gone
 from tests.polling import wait_for
 

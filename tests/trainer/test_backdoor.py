@@ -13,10 +13,11 @@ import requests
 from llnode.localloop import LocalLoop
 from llnode.trainer import BestState, TrainerNode, TrainingRun
 from llnode.trainer.training import Checkpoint
+from tests.linked_nodes import wait_connected
 from tests.node.conftest import Served
 from tests.polling import wait_for
 from tests.trainer.conftest import FAST
-from tests.trainer.trainer_support import ORGANIZATION, PROJECT, ScriptedLogic, begin, wait_connected, wait_idle
+from tests.trainer.trainer_support import ORGANIZATION, PROJECT, ScriptedLogic, begin, wait_idle
 
 NODE_UUID = 'b4cd0000-0000-4000-8000-000000000001'
 

@@ -178,24 +178,6 @@ def fixed_detections(model_info: ModelInformation, image_id: str) -> Detections:
 # ---------------------------------------------------------------------- driving a node
 
 
-def connected_trainers(loop: LocalLoop) -> list[dict[str, Any]]:
-    assert loop.hub is not None
-    return [n for n in loop.hub.connected() if n['node_type'] == 'trainer' and n['id']]
-
-
-def wait_connected(loop: LocalLoop, node: TrainerNode, timeout: float = 15.0) -> None:
-    """Until the Loop knows the trainer by its id (first status received) and the node's link is up."""
-    wait_for(
-        lambda: (
-            any(n['id'] == node.uuid for n in connected_trainers(loop))
-            and node.loop_socket is not None
-            and node.loop_socket.connected
-        ),
-        timeout=timeout,
-        what=f'{node.name} to connect and report',
-    )
-
-
 def begin(loop: LocalLoop, node: TrainerNode, **options: Any) -> dict[str, Any]:
     """``begin_training`` sent by the Loop to ``node``; asserts it was accepted."""
     result = loop.begin_training(node=node.uuid, **options)
