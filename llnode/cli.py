@@ -9,6 +9,7 @@ USAGE = """usage: llnode <command> [options]
 commands:
   loop      run a local Learning Loop server (llnode loop --help)
   control   talk to a running local loop's control API (llnode control --help)
+  demo      a complete active-learning loop on this machine (llnode demo --help)
 """
 
 
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         from llnode.localloop.command import control_main
 
         return control_main(rest)
+    if command == 'demo':
+        from llnode.demo.command import demo_main
+
+        return demo_main(rest)
     print(f'llnode: unknown command {command!r}\n\n{USAGE}', end='', file=sys.stderr)
     return 2
 

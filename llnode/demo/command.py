@@ -1,0 +1,193 @@
+"""``llnode demo``: the whole active-learning loop on this machine, in one process (see
+:mod:`llnode.demo.active_learning` for the steps).
+
+Exit codes: 0 when every step worked, 1 when one failed (the message and the report name it), 2 for bad
+arguments, 130 when interrupted (SIGINT/SIGTERM; a second signal stops waiting for a clean shutdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, TextIO
+
+from llnode.demo.plan import FULL, QUICK, DemoPlan, PlanError
+
+if TYPE_CHECKING:
+    from llnode.demo.active_learning import NodeTimings
+    from llnode.demo.parts import DemoParts
+
+logger = logging.getLogger('llnode.demo')
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(ValueError):
+    """An argument the demo cannot run with."""
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a port number, got {text!r}') from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f'a port lies in 0..65535, got {port}')
+    return port
+
+
+def demo_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='llnode demo',
+        description='A complete active-learning loop on this machine: a local Learning Loop with the demo '
+        'project, a torch trainer, a torch detector following the deployment, and images coming back through the '
+        "detector's outbox into a second training. Progress on stderr, the report on stdout.",
+    )
+    parser.add_argument(
+        '--quick', action='store_true', help='a reduced run (fewer images and epochs), about a minute on 2 cores'
+    )
+    parser.add_argument(
+        '--data',
+        type=Path,
+        metavar='DIR',
+        help="keep the Loop's data in DIR/loop (a new or empty folder, or one an earlier demo used; "
+        'default: a temporary folder, deleted at the end)',
+    )
+    parser.add_argument(
+        '--port', type=_port, default=0, help="the local Loop's port on 127.0.0.1 (default: any free port)"
+    )
+    parser.add_argument('--report-json', type=Path, metavar='PATH', help='also write the report as JSON to PATH')
+    parser.add_argument('--epochs', type=int, metavar='N', help='epochs per training (default: by plan)')
+    parser.add_argument('--loop-images', type=int, metavar='N', help='annotated images the Loop starts with')
+    parser.add_argument('--field-images', type=int, metavar='N', help='images the camera sends to the detector')
+    parser.add_argument('--test-images', type=int, metavar='N', help='images each model is measured on')
+    parser.add_argument(
+        '--min-f1', type=float, metavar='F', help="fail unless the last model's F1 on the test images reaches F"
+    )
+    parser.add_argument('--log-level', default='WARNING', help='logging level of the nodes (default: %(default)s)')
+    return parser
+
+
+def plan_from(args: argparse.Namespace) -> DemoPlan:
+    """The plan for these arguments: ``--quick`` or the full one, with the sizes given on the command line."""
+    base = QUICK if args.quick else FULL
+    try:
+        return base.with_changes(
+            epochs=args.epochs,
+            loop_images=args.loop_images,
+            field_images=args.field_images,
+            test_images=args.test_images,
+            min_f1=args.min_f1,
+        )
+    except PlanError as e:
+        raise UsageError(str(e).replace('_', '-')) from None
+
+
+def check_data_folder(folder: Path) -> None:
+    """A data folder must be new, empty, or one an earlier demo used (it has ``loop/``): never someone's files."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f'--data {folder}: not a folder')
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / 'loop').is_dir():
+        raise UsageError(f'--data {folder}: the folder holds other files; give a new or empty folder')
+
+
+def check_report_path(path: Path) -> None:
+    if path.is_dir():
+        raise UsageError(f'--report-json {path}: is a folder')
+    if not path.parent.is_dir():
+        raise UsageError(f'--report-json {path}: the folder {path.parent} does not exist')
+
+
+@contextmanager
+def stop_on_signals(stopping: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stopping`` (the demo winds down and stops everything); a second one raises
+    KeyboardInterrupt. Only in the main thread; elsewhere nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        sys.stderr.write(f'\nllnode demo: {signal.Signals(signum).name}: stopping (again to force)\n')
+        stopping.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def demo_main(
+    argv: list[str],
+    *,
+    parts: DemoParts | None = None,
+    timings: NodeTimings | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run ``llnode demo ARGV``; the exit code. ``parts`` (:class:`~llnode.demo.parts.DemoParts`) and ``timings``
+    (:class:`~llnode.demo.active_learning.NodeTimings`) replace the torch model and the node timings (tests)."""
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    args = demo_parser().parse_args(argv)
+    try:
+        plan = plan_from(args)
+        if args.data is not None:
+            check_data_folder(args.data)
+        if args.report_json is not None:
+            check_report_path(args.report_json)
+        level = logging.getLevelName(args.log_level.upper())
+        if not isinstance(level, int):
+            raise UsageError(f'--log-level {args.log_level}: not a logging level')
+    except UsageError as e:
+        err.write(f'llnode demo: {e}\n')
+        return EXIT_USAGE
+    logging.basicConfig(level=level, format='%(asctime)s %(levelname)s %(name)s: %(message)s', stream=err)
+
+    from llnode.demo.active_learning import ActiveLearningDemo
+    from llnode.demo.parts import torch_parts
+
+    temporary = args.data is None
+    data = Path(tempfile.mkdtemp(prefix='llnode-demo-')) if temporary else args.data
+    stopping = threading.Event()
+    demo = ActiveLearningDemo(
+        plan,
+        parts if parts is not None else torch_parts(),
+        data,
+        port=args.port,
+        quick=args.quick,
+        stream=err,
+        timings=timings,
+        stopping=stopping,
+    )
+    try:
+        with stop_on_signals(stopping):
+            report = demo.run()
+    finally:
+        demo.shutdown()
+        if temporary:
+            shutil.rmtree(data, ignore_errors=True)
+    if temporary:
+        report.data_folder = ''
+    if args.report_json is not None:
+        report.write_json(args.report_json)
+    out.write(report.render())
+    out.flush()
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    if not report.ok:
+        err.write(f'llnode demo: step {report.failed_step!r} failed: {report.error}\n')
+        return EXIT_FAILED
+    return EXIT_OK
