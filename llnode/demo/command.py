@@ -107,6 +107,20 @@ def check_report_path(path: Path) -> None:
         raise UsageError(f'--report-json {path}: the folder {path.parent} does not exist')
 
 
+class GoodbyeNoise(logging.Filter):
+    """Drops Engine.IO's messages once the demo shuts down: a node's Socket.IO client that disconnects races its
+    own long-poll, so the Loop logs an "Invalid session" error and the client a 400 on every clean shutdown."""
+
+    LOGGERS = ('llnode.localloop.eio', 'llnode.loop.socket.eio')
+
+    def __init__(self, closing: threading.Event) -> None:
+        super().__init__()
+        self.closing = closing
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.closing.is_set() and record.name in self.LOGGERS)
+
+
 @contextmanager
 def stop_on_signals(stopping: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM set ``stopping`` (the demo winds down and stops everything); a second one raises
@@ -154,7 +168,6 @@ def demo_main(
     except UsageError as e:
         err.write(f'llnode demo: {e}\n')
         return EXIT_USAGE
-    logging.basicConfig(level=level, format='%(asctime)s %(levelname)s %(name)s: %(message)s', stream=err)
 
     from llnode.demo.active_learning import ActiveLearningDemo
     from llnode.demo.parts import torch_parts
@@ -172,11 +185,20 @@ def demo_main(
         timings=timings,
         stopping=stopping,
     )
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+    handler.addFilter(GoodbyeNoise(demo.closing))
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
     try:
         with stop_on_signals(stopping):
             report = demo.run()
     finally:
         demo.shutdown()
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
         if temporary:
             shutil.rmtree(data, ignore_errors=True)
     if temporary:

@@ -1,0 +1,424 @@
+"""``llnode demo``: the whole loop as a real subprocess (``--quick``, report asserted), every step with light
+stand-ins for the torch model (in-process, no torch), a failing step named in the exit, bad arguments, and the
+pieces (plan, progress line, report)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llnode.cli import main as cli_main
+from llnode.demo.active_learning import ActiveLearningDemo, NodeTimings
+from llnode.demo.command import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, demo_main
+from llnode.demo.parts import Boxes, DemoParts
+from llnode.demo.plan import QUICK, DemoPlan, PlanError
+from llnode.demo.progress import ProgressLine, bar
+from llnode.demo.report import DemoReport, StepRecord, TrainingRecord
+from llnode.detector import DetectorFactory, DetectorLogic
+from llnode.localloop.demo import true_annotations
+from llnode.localloop.generator import DEMO_ORGANIZATION as ORGANIZATION
+from llnode.localloop.generator import DEMO_PROJECT as PROJECT
+from llnode.localloop.store import Store
+from llnode.schema import BoxDetection, ImageMetadata, ModelInformation
+from llnode.trainer import CriticalError, TrainerLogic, TrainingRun
+from tests.polling import wait_for
+from tests.trainer.trainer_support import ScriptedLogic
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: the steps of a full run, in order
+STEPS = [
+    'loop',
+    'trainer',
+    'training-1',
+    'deploy-1',
+    'test-1',
+    'outbox',
+    'annotate',
+    'training-2',
+    'deploy-2',
+    'test-2',
+]
+
+#: fast nodes and waits for the in-process runs
+FAST = NodeTimings(
+    trainer_repeat=0.2,
+    trainer_metrics_interval=0.0,
+    trainer_retry_delay=0.05,
+    trainer_max_retry_delay=0.1,
+    trainer_max_attempts=2,
+    detector_repeat=0.1,
+    poll=0.05,
+)
+
+#: a small plan for the stand-in runs
+SMALL = DemoPlan(loop_images=8, field_images=6, test_images=4, training_timeout=30.0, serve_timeout=20.0)
+
+
+# ---------------------------------------------------------------------- stand-ins for the torch model
+
+
+class UncertainLogic(DetectorLogic):
+    """One box per image at a place taken from the pixels (so every image's box is new to the relevance filter),
+    with a confidence inside the uncertain band: every image is picked for upload."""
+
+    def evaluate(self, image: np.ndarray) -> ImageMetadata:
+        x = int(image[::7, ::7].sum()) % 500
+        box = BoxDetection('circle', x, 40, 60, 60, self.model_info.version, 0.45)
+        return ImageMetadata(box_detections=[box], created=None)
+
+
+class UncertainFactory(DetectorFactory):
+    model_format = 'mocked'
+
+    def build(self, model_info: ModelInformation) -> DetectorLogic:
+        return UncertainLogic(model_info)
+
+
+class CountingF1:
+    """Records what it scored; the score is the share of images whose first box has the right category."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, predictions: Sequence[Boxes], truths: Sequence[Boxes]) -> float:
+        self.calls.append((len(predictions), len(truths)))
+        hits = sum(
+            1
+            for p, t in zip(predictions, truths, strict=True)
+            if p and t and p[0]['category_name'] == t[0]['category_name']
+        )
+        return hits / len(truths)
+
+
+def stand_in_parts(trainer: TrainerLogic | None = None, f1: CountingF1 | None = None) -> DemoParts:
+    return DemoParts(
+        model_format='mocked',
+        trainer_logic=lambda plan: trainer if trainer is not None else ScriptedLogic(epochs=2),
+        detector_factory=lambda plan: UncertainFactory(),
+        f1=f1 if f1 is not None else CountingF1(),
+    )
+
+
+class CriticalTrainer(ScriptedLogic):
+    def train(self, run: TrainingRun) -> None:
+        raise CriticalError('the stand-in cannot train')
+
+
+# ---------------------------------------------------------------------- the real thing
+
+
+@pytest.mark.slow
+def test_quick_demo_as_a_process_trains_deploys_and_learns_from_the_outbox(tmp_path: Path) -> None:
+    report_path = tmp_path / 'report.json'
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    result = subprocess.run(
+        [sys.executable, '-m', 'llnode.cli', 'demo', '--quick', '--report-json', str(report_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, f'stdout:\n{result.stdout}\nstderr:\n{result.stderr}'
+    report = json.loads(report_path.read_text())
+    assert report['ok'] is True and report['failed_step'] is None and report['quick'] is True
+    assert [s['name'] for s in report['steps']] == STEPS
+    assert all(s['ok'] for s in report['steps'])
+    first, second = report['trainings']
+    assert first['model_version'] and second['model_version'] and first['model_version'] != second['model_version']
+    assert first['f1_test'] > 0.3 and second['f1_test'] > 0.3, report['trainings']
+    uploads = report['uploads']
+    assert uploads['sent_to_detector'] == QUICK.field_images
+    assert 0 < uploads['picked_by_filter'] <= QUICK.field_images
+    assert uploads['arrived_at_loop'] == uploads['picked_by_filter'] == uploads['annotated']
+    assert (
+        second['train_image_count'] + second['test_image_count']
+        > first['train_image_count'] + first['test_image_count']
+    )
+    assert 'every step worked' in result.stdout
+    assert 'Traceback' not in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------------- every step, with stand-ins (no torch)
+
+
+def llnode_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith('llnode')]
+
+
+def small_args(tmp_path: Path, *extra: str) -> list[str]:
+    return ['--loop-images', '8', '--field-images', '6', '--test-images', '4', '--data', str(tmp_path / 'demo'), *extra]
+
+
+def test_every_step_with_stand_ins_and_the_annotated_images_become_training_data(tmp_path: Path) -> None:
+    f1 = CountingF1()
+    out, err = io.StringIO(), io.StringIO()
+    report_path = tmp_path / 'report.json'
+    code = demo_main(
+        small_args(tmp_path, '--report-json', str(report_path)),
+        parts=stand_in_parts(f1=f1),
+        timings=FAST,
+        stdout=out,
+        stderr=err,
+    )
+    assert code == EXIT_OK, err.getvalue()
+    report = json.loads(report_path.read_text())
+    assert report['ok'] and [s['name'] for s in report['steps']] == STEPS
+    assert report['loop_url'].startswith('http://127.0.0.1:')
+    assert f1.calls == [(4, 4), (4, 4)]
+    first, second = report['trainings']
+    assert second['training_number'] == first['training_number'] + 1
+    assert (first['model_version'], second['model_version']) == ('1.3', '1.4')  # after the demo's 1.0-1.2
+    uploads = report['uploads']
+    assert uploads == {**uploads, 'sent_to_detector': 6, 'picked_by_filter': 6, 'arrived_at_loop': 6, 'annotated': 6}
+    seen_by_second = second['train_image_count'] + second['test_image_count']
+    assert seen_by_second == first['train_image_count'] + first['test_image_count'] + 6
+    assert 'every step worked' in out.getvalue()
+    assert '==> outbox' in err.getvalue() and 'picked images at the Loop: 6/6' in err.getvalue()
+    assert 'Invalid session' not in err.getvalue()  # the Socket.IO goodbye race is not shown
+
+    # what came back is in the Loop as a person would have left it: complete, with the true boxes
+    store = Store(tmp_path / 'demo' / 'loop')
+    try:
+        returned = [i for b in store.upload_batches(ORGANIZATION, PROJECT) for i in b['image_ids']]
+        assert len(returned) == 6
+        items = store.images(ORGANIZATION, PROJECT, returned)
+        truths = {
+            json.dumps(true_annotations(i, SMALL.field_seed)['box_annotations'], sort_keys=True) for i in range(6)
+        }
+        for item in items:
+            assert item['state'] == 'complete'
+            boxes = [
+                {k: b[k] for k in ('category_id', 'category_name', 'x', 'y', 'width', 'height')}
+                for b in item['box_annotations']
+            ]
+            assert json.dumps(boxes, sort_keys=True) in truths
+    finally:
+        store.close()
+    wait_for(lambda: not llnode_threads(), timeout=5, what=f'llnode threads to end: {llnode_threads()}')
+
+
+def test_a_second_run_on_the_same_data_folder_goes_on_from_what_the_loop_has(tmp_path: Path) -> None:
+    for run in (1, 2):
+        err = io.StringIO()
+        report_path = tmp_path / f'report-{run}.json'
+        code = demo_main(
+            small_args(tmp_path, '--report-json', str(report_path)),
+            parts=stand_in_parts(),
+            timings=FAST,
+            stdout=io.StringIO(),
+            stderr=err,
+        )
+        assert code == EXIT_OK, err.getvalue()
+    report = json.loads(report_path.read_text())
+    assert [t['model_version'] for t in report['trainings']] == ['1.5', '1.6']
+    assert report['uploads']['arrived_at_loop'] == 6  # this run's images, not the first run's too
+
+
+def test_a_failing_step_exits_1_and_names_it(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    report_path = tmp_path / 'report.json'
+    code = demo_main(
+        small_args(tmp_path, '--report-json', str(report_path)),
+        parts=stand_in_parts(trainer=CriticalTrainer()),
+        timings=FAST,
+        stdout=out,
+        stderr=err,
+    )
+    assert code == EXIT_FAILED
+    report = json.loads(report_path.read_text())
+    assert report['ok'] is False and report['failed_step'] == 'training-1'
+    assert 'the stand-in cannot train' in report['error']
+    assert [s['name'] for s in report['steps']] == ['loop', 'trainer', 'training-1']
+    assert [s['ok'] for s in report['steps']] == [True, True, False]
+    assert "step 'training-1' failed" in err.getvalue() and 'the stand-in cannot train' in err.getvalue()
+    assert 'FAIL' in out.getvalue()
+    wait_for(lambda: not llnode_threads(), timeout=5, what=f'llnode threads to end: {llnode_threads()}')
+
+
+def test_a_model_below_the_f1_floor_fails_the_last_step(tmp_path: Path) -> None:
+    parts = stand_in_parts()
+    parts = DemoParts(parts.model_format, parts.trainer_logic, parts.detector_factory, lambda p, t: 0.25)
+    report_path = tmp_path / 'report.json'
+    code = demo_main(
+        small_args(tmp_path, '--min-f1', '0.5', '--report-json', str(report_path)),
+        parts=parts,
+        timings=FAST,
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+    )
+    assert code == EXIT_FAILED
+    report = json.loads(report_path.read_text())
+    assert report['failed_step'] == 'test-2' and 'below the floor 0.500' in report['error']
+    assert report['trainings'][1]['f1_test'] == 0.25
+
+
+def test_an_interrupt_stops_every_part_and_reports_the_step(tmp_path: Path) -> None:
+    trainer = ScriptedLogic(forever=True)
+    stopping = threading.Event()
+    demo = ActiveLearningDemo(
+        SMALL, stand_in_parts(trainer=trainer), tmp_path / 'demo', timings=FAST, stopping=stopping, stream=io.StringIO()
+    )
+    interrupter = threading.Thread(
+        target=lambda: trainer.training.wait(20) and stopping.set(), name='test-interrupter', daemon=True
+    )
+    interrupter.start()
+    report = demo.run()
+    interrupter.join(5)
+    assert report.interrupted and not report.ok
+    assert report.failed_step == 'training-1' and report.steps[-1].detail == 'interrupted'
+    wait_for(lambda: not llnode_threads(), timeout=5, what=f'llnode threads to end: {llnode_threads()}')
+
+
+@pytest.mark.slow
+def test_sigint_to_the_command_stops_it_with_exit_130(tmp_path: Path) -> None:
+    report_path = tmp_path / 'report.json'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'llnode.cli', 'demo', '--quick', '--report-json', str(report_path)],
+        cwd=REPO,
+        env={**os.environ, 'PYTHONUNBUFFERED': '1'},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if line.startswith('==> training-1'):
+                break
+        process.send_signal(signal.SIGINT)
+        stdout, rest = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == EXIT_INTERRUPTED, ''.join(lines) + rest
+    report = json.loads(report_path.read_text())
+    assert report['interrupted'] and report['failed_step'] == 'training-1'
+    assert 'interrupted during step training-1' in stdout
+    assert 'Traceback' not in rest, rest
+
+
+# ---------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ('args', 'message'),
+    [
+        (['--epochs', '0'], 'epochs must be at least 1'),
+        (['--loop-images', '2'], 'loop-images must be an integer >= 4'),
+        (['--test-images', '0'], 'test-images must be an integer >= 1'),
+        (['--min-f1', '1.5'], 'min-f1 must lie in [0, 1]'),
+        (['--log-level', 'LOUD'], 'not a logging level'),
+    ],
+)
+def test_bad_values_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
+    err = io.StringIO()
+    assert demo_main(args, parts=stand_in_parts(), stdout=io.StringIO(), stderr=err) == EXIT_USAGE
+    assert message in err.getvalue()
+
+
+@pytest.mark.parametrize('port', ['70000', '-1', 'http'])
+def test_a_bad_port_is_a_usage_error(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        demo_main(['--port', port])
+    assert exit_info.value.code == EXIT_USAGE
+    assert '--port' in capsys.readouterr().err
+
+
+def test_data_and_report_paths_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    a_file = tmp_path / 'file'
+    a_file.write_text('x')
+    foreign = tmp_path / 'foreign'
+    foreign.mkdir()
+    (foreign / 'thesis.tex').write_text('precious')
+    cases = [
+        (['--data', str(a_file)], 'not a folder'),
+        (['--data', str(foreign)], 'holds other files'),
+        (['--report-json', str(tmp_path / 'missing' / 'r.json')], 'does not exist'),
+        (['--report-json', str(tmp_path)], 'is a folder'),
+    ]
+    for args, message in cases:
+        err = io.StringIO()
+        assert demo_main(args, parts=stand_in_parts(), stdout=io.StringIO(), stderr=err) == EXIT_USAGE, args
+        assert message in err.getvalue(), (args, err.getvalue())
+    assert (foreign / 'thesis.tex').read_text() == 'precious' and sorted(foreign.iterdir()) == [foreign / 'thesis.tex']
+
+
+def test_the_cli_lists_and_dispatches_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main([]) == 0
+    assert 'demo' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(['demo', '--help'])
+    assert exit_info.value.code == 0
+    assert '--quick' in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- the pieces
+
+
+def test_plans_check_their_values() -> None:
+    assert QUICK.field_seed == QUICK.seed + 1 and QUICK.test_seed == QUICK.seed + 2
+    assert QUICK.with_changes(epochs=None, test_images=3) == DemoPlan(**{**QUICK.to_dict(), 'test_images': 3})
+    for bad in ({'loop_images': 3}, {'epochs': 0}, {'serve_timeout': 0}, {'min_uncertain': 0.7}, {'seed': -1}):
+        with pytest.raises(PlanError):
+            DemoPlan(**bad)
+    with pytest.raises(PlanError, match='unknown plan values'):
+        QUICK.with_changes(speed=3)
+
+
+def test_progress_on_a_terminal_redraws_one_line() -> None:
+    stream = io.StringIO()
+    line = ProgressLine(stream, tty=True, min_interval=0.0, width=10)
+    line.update(0.5, 'training 1: running', 'epoch 3, F1 0.610')
+    line.update(None, 'training 1: running', 'F1 0.7')
+    line.done()
+    assert stream.getvalue() == (
+        '\r[#####-----]  50% training 1: running: epoch 3, F1 0.610'
+        '\r[..........]   ?% training 1: running: F1 0.7' + ' ' * 11 + '\n'
+    )
+    assert bar(1.5, 4) == '[####] 100%' and bar(0.0, 4) == '[----]   0%'
+
+
+def test_progress_into_a_log_writes_stages_and_the_last_state_only() -> None:
+    stream = io.StringIO()
+    line = ProgressLine(stream, tty=False, plain_interval=3600)
+    for i in range(1, 11):
+        line.update(i / 10, 'test images', f'{i}/10')
+    line.update(None, 'next stage')
+    line.update(None, 'next stage')
+    line.done()
+    line.done()
+    assert stream.getvalue() == 'test images: 1/10 (10%)\nnext stage\n'
+    line.update(0.5, 'again', '1/2')
+    line.update(1.0, 'again', '2/2')
+    line.done()
+    assert stream.getvalue().endswith('again: 1/2 (50%)\nagain: 2/2 (100%)\n')
+
+
+def test_the_report_names_the_failed_step_in_text_and_json(tmp_path: Path) -> None:
+    report = DemoReport(quick=True, plan=QUICK.to_dict())
+    report.steps = [StepRecord('loop', 'start', 0.5, True), StepRecord('training-1', 'train', 2.0, False, 'boom')]
+    report.trainings = [TrainingRecord(4, model_version='1.3', f1_test=0.5)]
+    report.failed_step, report.error = 'training-1', 'boom'
+    report.finish()
+    text = report.render()
+    assert "step 'training-1' failed: boom" in text and 'FAIL' in text and 'model 1.3' in text
+    report.write_json(tmp_path / 'r.json')
+    data = json.loads((tmp_path / 'r.json').read_text())
+    assert data['ok'] is False and data['failed_step'] == 'training-1' and data['trainings'][0]['f1_test'] == 0.5
+    assert [s['ok'] for s in data['steps']] == [True, False] and '_started' not in data
