@@ -159,7 +159,8 @@ def llnode_threads() -> list[str]:
 
 
 def small_args(tmp_path: Path, *extra: str) -> list[str]:
-    return ['--loop-images', '8', '--field-images', '6', '--test-images', '4', '--data', str(tmp_path / 'demo'), *extra]
+    sizes = ['--loop-images', '8', '--field-images', '6', '--test-images', '4', '--min-f1', '0']
+    return [*sizes, '--data', str(tmp_path / 'demo'), *extra]
 
 
 def test_every_step_with_stand_ins_and_the_annotated_images_become_training_data(tmp_path: Path) -> None:
@@ -282,7 +283,6 @@ def test_an_interrupt_stops_every_part_and_reports_the_step(tmp_path: Path) -> N
     wait_for(lambda: not llnode_threads(), timeout=5, what=f'llnode threads to end: {llnode_threads()}')
 
 
-@pytest.mark.slow
 def test_sigint_to_the_command_stops_it_with_exit_130(tmp_path: Path) -> None:
     report_path = tmp_path / 'report.json'
     process = subprocess.Popen(
