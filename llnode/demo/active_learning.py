@@ -261,6 +261,7 @@ class ActiveLearningDemo:
 
             try:
                 self._wait(serving, timeout=self.plan.serve_timeout, what=f'the detector to serve {version}')
+                line.update(1.0, f'detector serves {version}')
             finally:
                 line.done()
             record.detail = f'served {time.monotonic() - started:.1f} s after deployment'
@@ -404,6 +405,7 @@ class ActiveLearningDemo:
                 if fresh and state == 'idle':
                     model = ui.model_of_training(number, self.parts.model_format)
                     if model is not None:
+                        line.update(1.0, f'training {k}: done', ' - '.join(details))
                         return model
                     if errors or seen_active:
                         raise RuntimeError(f'the training ended without a model: {errors or "no error reported"}')
