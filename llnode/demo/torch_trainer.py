@@ -61,6 +61,8 @@ WORKER_JOIN_TIMEOUT = 10.0
 WORKER_KILL_TIMEOUT = 5.0
 #: how often a worker checks that the node process that started it still exists
 WATCHDOG_INTERVAL = 0.5
+#: images per forward pass in the detecting stage
+DETECT_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -411,9 +413,9 @@ class Workers:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
 
-    def failed(self) -> list[int]:
-        """Exit codes of workers that ended with an error so far."""
-        return [code for p in self.processes if (code := p.poll()) not in (None, 0)]
+    def exit_codes(self) -> list[int | None]:
+        """How each worker ended (0: it left the loop by itself; negative: the signal that ended it; None: running)."""
+        return [p.poll() for p in self.processes]
 
     def close(self, grace: float) -> None:
         """Wait up to ``grace`` s for the workers to end by themselves, then terminate, then kill them."""
@@ -453,7 +455,9 @@ class ShapesTrainer(InProcessTrainerLogic):
             raise ValueError(f'nproc must be a positive int, got {nproc!r}')
         self.options = TrainOptions(epochs=epochs, **options)
         self.nproc = nproc
-        self.worker_pids: list[int] = []  # of the current or last distributed training (tests look at them)
+        # the worker processes of the current or last distributed training, and how they ended (None: running)
+        self.worker_pids: list[int] = []
+        self.worker_exit_codes: list[int | None] = []
 
     # ------------------------------------------------------------------ training
 
@@ -555,6 +559,7 @@ class ShapesTrainer(InProcessTrainerLogic):
                 dist.destroy_process_group()
         finally:
             workers.close(0.0)  # the group never formed: the workers go now
+            self.worker_exit_codes = workers.exit_codes()
             torch.set_num_threads(threads)
 
     # ------------------------------------------------------------------ the model
@@ -580,10 +585,14 @@ class ShapesTrainer(InProcessTrainerLogic):
         logic = ShapesDetectorLogic(model_info, device='cpu', model_folder=model_folder)
         try:
             results = []
-            for path in image_paths:
+            for start in range(0, len(image_paths), DETECT_BATCH):
                 run.check_stop()
-                [metadata] = logic.batch_evaluate([shapes_net.read_rgb(path)])
-                results.append(Detections(box_detections=metadata.box_detections, image_id=path.stem))
+                chunk = image_paths[start : start + DETECT_BATCH]
+                images = logic.batch_evaluate([shapes_net.read_rgb(path) for path in chunk])
+                results += [
+                    Detections(box_detections=metadata.box_detections, image_id=path.stem)
+                    for metadata, path in zip(images, chunk, strict=True)
+                ]
             return results
         finally:
             logic.close()

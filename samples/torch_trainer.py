@@ -1,0 +1,49 @@
+"""A trainer that really learns: ShapesNet, a small box detector in pure torch, trained on CPU (format
+``shapes_torch``; see :mod:`llnode.demo.torch_trainer`).
+
+It trains on the Loop's box annotations, reports a confusion matrix per epoch (tp/fp/fn per category uuid at
+IoU >= 0.5, on the training's test images) and uploads the best epoch's weights (``model.pt``) with their
+architecture (``shapes_net.json``). With ``--nproc N`` the same training runs on N processes under
+torch.distributed (gloo); only the first talks to the Loop::
+
+    LOOP_HOST=localhost:8000 LOOP_USERNAME=u LOOP_PASSWORD=p LOOP_ORGANIZATION=zauberzeug LOOP_PROJECT=demo \\
+        python samples/torch_trainer.py --port 8005 --nproc 2
+
+With ``llnode loop --demo`` running, start a training from the Loop (``llnode control``): about half a minute on two
+cores for the demo's images; ``samples/torch_detector.py`` serves the model it uploads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from llnode.demo.torch_trainer import ShapesTrainer
+from llnode.trainer.node import TrainerNode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or '').split('\n\n')[0])
+    parser.add_argument('--host', default='0.0.0.0', help='address to listen on (default: all)')
+    parser.add_argument('--port', type=int, default=8005, help='port to listen on (default: 8005)')
+    parser.add_argument('--server', choices=('waitress', 'werkzeug'), default='waitress')
+    parser.add_argument('--name', default='torch shapes trainer', help='the node name the Loop shows')
+    parser.add_argument('--nproc', type=int, default=1, help='processes to train on (torch.distributed, gloo)')
+    parser.add_argument('--epochs', type=int, default=30, help='epochs per training (default 30)')
+    parser.add_argument('--resolution', type=int, default=128, help='square input side, a multiple of 16')
+    parser.add_argument('--log-level', default='INFO')
+    args = parser.parse_args(argv)
+    if args.nproc < 1 or args.epochs < 1:
+        parser.error('--nproc and --epochs must be at least 1')
+    logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    try:
+        logic = ShapesTrainer(epochs=args.epochs, nproc=args.nproc, resolution=args.resolution)
+    except ValueError as error:
+        parser.error(str(error))
+    node = TrainerNode(args.name, logic)
+    return node.serve(args.host, args.port, server=args.server)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
