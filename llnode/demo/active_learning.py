@@ -397,11 +397,6 @@ class ActiveLearningDemo:
                     details.append(f'best epoch {record.best_epoch}{f1}')
                 if errors:
                     details.append(f'error: {"; ".join(f"{key}: {value}" for key, value in errors.items())}')
-                progress = status.get('progress')
-                fraction = float(progress) if isinstance(progress, (int, float)) else None
-                line.update(fraction, f'training {k}: {state if fresh else "starting"}', ' - '.join(details))
-                if node and not node.get('connected'):
-                    raise RuntimeError('the trainer lost its connection to the Loop')
                 if fresh and state == 'idle':
                     model = ui.model_of_training(number, self.parts.model_format)
                     if model is not None:
@@ -409,6 +404,11 @@ class ActiveLearningDemo:
                         return model
                     if errors or seen_active:
                         raise RuntimeError(f'the training ended without a model: {errors or "no error reported"}')
+                progress = status.get('progress')
+                fraction = float(progress) if isinstance(progress, (int, float)) else None
+                line.update(fraction, f'training {k}: {state if fresh else "starting"}', ' - '.join(details))
+                if node and not node.get('connected'):
+                    raise RuntimeError('the trainer lost its connection to the Loop')
                 if time.monotonic() > deadline:
                     raise TimeoutError(
                         f'the training did not finish within {self.plan.training_timeout:g} s (last state {state})'

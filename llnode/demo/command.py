@@ -53,7 +53,7 @@ def demo_parser() -> argparse.ArgumentParser:
         "detector's outbox into a second training. Progress on stderr, the report on stdout.",
     )
     parser.add_argument(
-        '--quick', action='store_true', help='a reduced run (fewer images and epochs), about a minute on 2 cores'
+        '--quick', action='store_true', help='a smaller run (fewer images and epochs): about 30 s on 2 CPU cores'
     )
     parser.add_argument(
         '--data',
@@ -66,12 +66,20 @@ def demo_parser() -> argparse.ArgumentParser:
         '--port', type=_port, default=0, help="the local Loop's port on 127.0.0.1 (default: any free port)"
     )
     parser.add_argument('--report-json', type=Path, metavar='PATH', help='also write the report as JSON to PATH')
-    parser.add_argument('--epochs', type=int, metavar='N', help='epochs per training (default: by plan)')
-    parser.add_argument('--loop-images', type=int, metavar='N', help='annotated images the Loop starts with')
-    parser.add_argument('--field-images', type=int, metavar='N', help='images the camera sends to the detector')
-    parser.add_argument('--test-images', type=int, metavar='N', help='images each model is measured on')
+    for flag, what in (
+        ('epochs', 'epochs per training'),
+        ('loop_images', 'annotated images the Loop starts with'),
+        ('field_images', 'images a camera sends to the detector'),
+        ('test_images', 'images (never in the Loop) each model is measured on'),
+    ):
+        defaults = f'default {getattr(FULL, flag)}, with --quick {getattr(QUICK, flag)}'
+        parser.add_argument(f'--{flag.replace("_", "-")}', type=int, metavar='N', help=f'{what} ({defaults})')
     parser.add_argument(
-        '--min-f1', type=float, metavar='F', help="fail unless the last model's F1 on the test images reaches F"
+        '--min-f1',
+        type=float,
+        metavar='F',
+        help=f"fail unless the last model's F1 on the test images reaches F (default {FULL.min_f1}, "
+        f'with --quick {QUICK.min_f1})',
     )
     parser.add_argument('--log-level', default='WARNING', help='logging level of the nodes (default: %(default)s)')
     return parser
