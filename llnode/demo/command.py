@@ -130,7 +130,7 @@ class GoodbyeNoise(logging.Filter):
 
 
 @contextmanager
-def stop_on_signals(stopping: threading.Event) -> Iterator[None]:
+def stop_on_signals(stopping: threading.Event, err: TextIO) -> Iterator[None]:
     """SIGINT/SIGTERM set ``stopping`` (the demo winds down and stops everything); a second one raises
     KeyboardInterrupt. Only in the main thread; elsewhere nothing is installed."""
     if threading.current_thread() is not threading.main_thread():
@@ -140,7 +140,7 @@ def stop_on_signals(stopping: threading.Event) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         if stopping.is_set():
             raise KeyboardInterrupt
-        sys.stderr.write(f'\nllnode demo: {signal.Signals(signum).name}: stopping (again to force)\n')
+        err.write(f'\nllnode demo: {signal.Signals(signum).name}: stopping (again to force)\n')
         stopping.set()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -201,7 +201,7 @@ def demo_main(
     root.addHandler(handler)
     root.setLevel(level)
     try:
-        with stop_on_signals(stopping):
+        with stop_on_signals(stopping, err):
             report = demo.run()
     finally:
         demo.shutdown()

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Generic, TypeVar
 
+from llnode.node.identity import node_key
 from llnode.node.node import Node
 
 logger = logging.getLogger('llnode.demo.served')
@@ -33,7 +34,9 @@ class ServedNode(Generic[N]):
         self.server = server
         self.error: BaseException | None = None
         self.exit_code: int | None = None
-        self._thread = threading.Thread(target=self._serve, name=f'llnode-demo-serve-{node.name}', daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, name=f'llnode-demo-serve-{node_key(node.name)}', daemon=True
+        )
 
     @property
     def url(self) -> str:
