@@ -119,5 +119,5 @@ class DemoReport:
 
     def _failure_line(self) -> str:
         if self.interrupted:
-            return f'interrupted during step {self.failed_step or "?"}'
+            return f'interrupted during step {self.failed_step}' if self.failed_step else 'interrupted'
         return f'step {self.failed_step!r} failed: {self.error}'
