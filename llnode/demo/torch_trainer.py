@@ -72,8 +72,8 @@ class TrainOptions:
     epochs: int = 30
     resolution: int = 128
     width: int = 32
-    batch_size: int = 16
-    learning_rate: float = 4e-3
+    batch_size: int = 8
+    learning_rate: float = 8e-3
     weight_decay: float = 1e-4
     warmup: float = 0.15  # fraction of the steps with a rising learning rate
     fliplr: float = 0.5
