@@ -172,11 +172,12 @@ class ShapesNet(nn.Module):
         self.lateral8 = nn.Conv2d(w * 3 // 2, w * 2, 1)
         self.lateral4 = nn.Conv2d(w, w * 2, 1)
         self.smooth = _block(w * 2, w)
-        self.heat = nn.Sequential(_block(w, w), nn.Conv2d(w, classes, 1))
+        heat_features = _block(w, w)
+        heat_out = nn.Conv2d(w, classes, 1)
+        assert heat_out.bias is not None
+        nn.init.constant_(heat_out.bias, -2.19)  # a prior of 0.1: the focal loss starts stable
+        self.heat = nn.Sequential(heat_features, heat_out)
         self.geometry = nn.Sequential(_block(w, w), nn.Conv2d(w, 4, 1))
-        heat_bias = self.heat[-1].bias
-        assert heat_bias is not None
-        nn.init.constant_(heat_bias, -2.19)  # a prior of 0.1: the focal loss starts stable
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.stem(images - 0.5)

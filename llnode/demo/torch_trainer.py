@@ -240,7 +240,13 @@ def run_loop(run: SyncedRun, hooks: TrainingHooks, spec: RankSpec, rank: int, ne
     model: torch.nn.Module = net
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(net)
-    sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=options.seed)  # type: ignore[arg-type]
+    sampler: DistributedSampler[int] = DistributedSampler(
+        train,  # type: ignore[arg-type]
+        num_replicas=world,
+        rank=rank,
+        shuffle=True,
+        seed=options.seed,
+    )
     per_rank_batch = max(1, options.batch_size // world)
     steps_per_epoch = math.ceil(len(sampler) / per_rank_batch)
     total_steps = steps_per_epoch * options.epochs
@@ -357,7 +363,7 @@ def worker_main(spec: RankSpec, rank: int, port: int, parent: int) -> None:
         try:
             logic = ShapesTrainer(**{k: getattr(spec.options, k) for k in TrainOptions.__dataclass_fields__})
             run = SyncedRun(WorkerRun(spec))
-            hooks = logic.make_hooks(run)  # type: ignore[arg-type]
+            hooks = logic.make_hooks(run)
             config = shapes_net.NetConfig.for_categories(
                 spec.categories, resolution=spec.options.resolution, width=spec.options.width
             )
@@ -478,7 +484,7 @@ class ShapesTrainer(InProcessTrainerLogic):
     def make_hooks(self, run: TrainingRun) -> TrainingHooks:
         """The driver sees the run through :class:`SyncedRun` (stop and abort from the shared flag)."""
         synced = run if isinstance(run, SyncedRun) else SyncedRun(run)
-        return TrainingHooks(synced, [*self.library_callbacks(run), *self.callbacks(run)])  # type: ignore[arg-type]
+        return TrainingHooks(synced, [*self.library_callbacks(run), *self.callbacks(run)])
 
     def _start_epoch(self, run: TrainingRun) -> int:
         """The epoch after the best checkpoint's, when an earlier attempt left one (else 0)."""
