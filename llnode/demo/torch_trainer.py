@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from llnode.schema import Category, Detections, ModelInformation
 from llnode.trainer.inprocess import InProcessTrainerLogic, TrainingHooks
-from llnode.trainer.logic import BestState, TrainingInterrupted, TrainingRun
+from llnode.trainer.logic import BestState, CriticalError, TrainingInterrupted, TrainingRun
 
 if TYPE_CHECKING:
     import torch
@@ -235,7 +235,7 @@ def run_loop(run: SyncedRun, hooks: TrainingHooks, spec: RankSpec, rank: int, ne
     train = shapes_net.load_samples(spec.image_data, spec.images_folder, config, image_set='train')
     test = shapes_net.load_samples(spec.image_data, spec.images_folder, config, image_set='test')
     if not train:
-        raise RuntimeError('the training data has no images of set "train" with box annotations to learn from')
+        raise CriticalError('the training data has no images of set "train" to learn from')
     distributed = world > 1
     model: torch.nn.Module = net
     if distributed:
@@ -503,7 +503,10 @@ class ShapesTrainer(InProcessTrainerLogic):
         from llnode.demo import shapes_net
 
         synced = hooks.run if isinstance(hooks.run, SyncedRun) else SyncedRun(run)
-        config = self.net_config(run)
+        try:
+            config = self.net_config(run)
+        except shapes_net.NetError as error:  # e.g. no box category: no attempt can do better
+            raise CriticalError(f'cannot train a ShapesNet for this training: {error}') from None
         self.config_path(run).parent.mkdir(parents=True, exist_ok=True)
         config.save(self.config_path(run))
         net = shapes_net.build_net(config, seed=self.options.seed)

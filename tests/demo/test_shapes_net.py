@@ -25,7 +25,7 @@ from llnode.demo.shapes_net import NetConfig, confusion_matrix, evaluate_f1, mat
 from llnode.demo.torch_trainer import ShapesTrainer  # noqa: E402
 from llnode.localloop import demo  # noqa: E402
 from llnode.schema import Category, ModelInformation  # noqa: E402
-from llnode.trainer.callbacks import f1_score  # noqa: E402
+from llnode.trainer.callbacks import ORDER_LOOP_METRICS, Callback, f1_score  # noqa: E402
 from llnode.trainer.logic import BestState, TrainingInterrupted  # noqa: E402
 
 CATEGORIES = [Category(id=c['id'], name=c['name'], type=c['type']) for c in demo.DEMO_CATEGORIES]
@@ -343,3 +343,54 @@ def test_the_quick_setting_learns_the_shapes_of_held_out_images(tmp_path: Path) 
         f1, abs=0.03
     )
     assert np.mean([len(p) for p in predictions]) > 0
+
+
+class CrashOnce(Callback):
+    """Records the epochs begun; raises once at the end of epoch ``at`` (after the checkpoint and the report)."""
+
+    execution_order = ORDER_LOOP_METRICS + 1
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.crashed = False
+        self.begun: list[int] = []
+
+    def on_epoch_begin(self, run: Any, epoch: int, logs: Any) -> None:
+        self.begun.append(epoch)
+
+    def on_epoch_end(self, run: Any, epoch: int, logs: Any) -> None:
+        if epoch == self.at and not self.crashed:
+            self.crashed = True
+            raise RuntimeError('a crash in the middle of the training')
+
+
+class CrashingTrainer(ShapesTrainer):
+    def __init__(self, crash: CrashOnce, **options: Any) -> None:
+        super().__init__(**options)
+        self.crash = crash
+
+    def callbacks(self, run: Any) -> list[Callback]:
+        return [self.crash]
+
+
+@pytest.mark.slow
+def test_a_failed_attempt_resumes_from_its_best_checkpoint(tmp_path: Path) -> None:
+    items = demo_data(tmp_path / 'images', 20)
+    run = ShapesRun(tmp_path, items, tmp_path / 'images')
+    crash = CrashOnce(at=2)
+    logic = CrashingTrainer(crash, epochs=4)
+    with pytest.raises(RuntimeError, match='a crash'):
+        logic.train(run)  # type: ignore[arg-type]
+    first = list(run.reported)
+    assert first and crash.begun == [0, 1, 2]
+    best_epoch = first[-1].epoch
+    assert best_epoch is not None
+    weights = logic.model_files(run)[0].read_bytes()  # type: ignore[arg-type]
+    crash.begun.clear()
+    logic.train(run)  # type: ignore[arg-type]  # the next attempt (the node retries the stage)
+    assert crash.begun == list(range(best_epoch + 1, 4))  # from the epoch after the best checkpoint
+    later = run.reported[len(first) :]
+    assert all(s.meta_information['score'] > first[-1].meta_information['score'] for s in later)
+    if not later:  # nothing better: the checkpoint is still the first attempt's best
+        assert logic.model_files(run)[0].read_bytes() == weights  # type: ignore[arg-type]
