@@ -236,6 +236,10 @@ def run_loop(run: SyncedRun, hooks: TrainingHooks, spec: RankSpec, rank: int, ne
     test = shapes_net.load_samples(spec.image_data, spec.images_folder, config, image_set='test')
     if not train:
         raise CriticalError('the training data has no images of set "train" to learn from')
+    if not test:
+        if rank == 0:
+            run.logger.warning('no test images: the confusion matrix is measured on the training images')
+        test = train
     distributed = world > 1
     model: torch.nn.Module = net
     if distributed:

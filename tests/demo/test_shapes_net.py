@@ -394,3 +394,16 @@ def test_a_failed_attempt_resumes_from_its_best_checkpoint(tmp_path: Path) -> No
     assert all(s.meta_information['score'] > first[-1].meta_information['score'] for s in later)
     if not later:  # nothing better: the checkpoint is still the first attempt's best
         assert logic.model_files(run)[0].read_bytes() == weights  # type: ignore[arg-type]
+
+
+def test_without_test_images_the_matrix_is_measured_on_the_training_images(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    items = [{**item, 'set': 'train'} for item in demo_data(tmp_path / 'images', 6)]
+    run = ShapesRun(tmp_path, items, tmp_path / 'images')
+    with caplog.at_level(logging.WARNING, logger='tests.demo.shapes_run'):
+        ShapesTrainer(epochs=1, resolution=64, width=8).train(run)  # type: ignore[arg-type]
+    assert 'no test images' in caplog.text
+    [state] = run.reported
+    true_boxes = sum(len(item['box_annotations']) for item in items)
+    assert sum(row['tp'] + row['fn'] for row in state.confusion_matrix.values()) == true_boxes
