@@ -66,9 +66,14 @@ class Training:
         assert not self.thread.is_alive(), 'the training did not end'
 
 
+#: demo images for the learning test (F1 0.86 after 10 epochs on two ranks, 0.90 on one) and the others
+LEARNING_IMAGES = 60
+CONTROL_IMAGES = 24
+
+
 @pytest.fixture
 def shapes_run(tmp_path: Path) -> ShapesRun:
-    return ShapesRun(tmp_path, demo_data(tmp_path / 'images', 120), tmp_path / 'images')
+    return ShapesRun(tmp_path, demo_data(tmp_path / 'images', CONTROL_IMAGES), tmp_path / 'images')
 
 
 @pytest.fixture
@@ -82,7 +87,8 @@ def trainers() -> Iterator[list[ShapesTrainer]]:
     assert not leftover, f'worker processes left behind: {leftover}'
 
 
-def test_two_processes_learn_to_the_same_floor(shapes_run: ShapesRun, trainers: list[ShapesTrainer]) -> None:
+def test_two_processes_learn_to_the_same_floor(tmp_path: Path, trainers: list[ShapesTrainer]) -> None:
+    shapes_run = ShapesRun(tmp_path, demo_data(tmp_path / 'images', LEARNING_IMAGES), tmp_path / 'images')
     logic = ShapesTrainer(epochs=QUICK_EPOCHS, nproc=2)
     trainers.append(logic)
     logic.train(shapes_run)  # type: ignore[arg-type]
