@@ -85,6 +85,8 @@ class TrainOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be a positive int, got {value!r}')
+        if self.resolution < 32 or self.resolution % 16:
+            raise ValueError(f'resolution must be a multiple of 16, at least 32, got {self.resolution}')
         if not self.learning_rate > 0:
             raise ValueError(f'learning_rate must be > 0, got {self.learning_rate!r}')
         if not 0.0 <= self.fliplr <= 1.0 or not 0.0 <= self.warmup < 1.0:

@@ -307,6 +307,8 @@ def test_bad_trainer_options_are_refused() -> None:
         ShapesTrainer(nproc=0)
     with pytest.raises(ValueError, match='epochs'):
         ShapesTrainer(epochs=0)
+    with pytest.raises(ValueError, match='multiple of 16'):
+        ShapesTrainer(resolution=100)
     with pytest.raises(TypeError):
         ShapesTrainer(unknown_option=1)
 
