@@ -32,13 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--nproc', type=int, default=1, help='processes to train on (torch.distributed, gloo)')
     parser.add_argument('--epochs', type=int, default=30, help='epochs per training (default 30)')
     parser.add_argument('--resolution', type=int, default=128, help='square input side, a multiple of 16')
+    parser.add_argument(
+        '--threads', type=int, default=None, help='torch threads per process (default: the cores, shared out)'
+    )
     parser.add_argument('--log-level', default='INFO')
     args = parser.parse_args(argv)
     if args.nproc < 1 or args.epochs < 1:
         parser.error('--nproc and --epochs must be at least 1')
     logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     try:
-        logic = ShapesTrainer(epochs=args.epochs, nproc=args.nproc, resolution=args.resolution)
+        logic = ShapesTrainer(epochs=args.epochs, nproc=args.nproc, resolution=args.resolution, threads=args.threads)
     except ValueError as error:
         parser.error(str(error))
     node = TrainerNode(args.name, logic)

@@ -65,7 +65,7 @@ def test_a_training_on_the_trainer_node_then_the_detector_serves_it(
     loop = make_local_loop(demo=True, demo_images=LOOP_IMAGES)
     trainer = TrainerNode(
         'shapes trainer',
-        ShapesTrainer(epochs=EPOCHS),
+        ShapesTrainer(epochs=EPOCHS, threads=1),
         settings=loop.settings(data_folder=tmp_path / 'trainer'),
         **TRAINER_OPTIONS,
     )
