@@ -3,9 +3,10 @@
 
 One process (``nproc=1``): the loop runs in the node's training thread. With ``nproc=N`` the same loop runs on N
 ranks under torch.distributed (gloo, CPU): the training thread is rank 0 and spawns ``N - 1`` worker processes
-(fresh interpreters, see :class:`Workers`) that meet it on a free loopback port; each rank trains on its DistributedSampler
-share with DistributedDataParallel and evaluates its share of the test images, and the counts are summed, so every
-rank holds the same confusion matrix. Only rank 0 talks to the Loop: the library callbacks that publish, save and
+(fresh interpreters, see :class:`Workers`) that meet it on a free loopback port; each rank trains on its
+DistributedSampler share with DistributedDataParallel and evaluates its share of the test images, and the counts are
+summed, so every rank holds the same confusion matrix. Rank 0 uses the process's default process group: one
+distributed training per process at a time. Only rank 0 talks to the Loop: the library callbacks that publish, save and
 report progress are limited to rank 0.
 
 Stop and abort reach every rank at the same batch: rank 0 sends its stop/abort state to all ranks after each batch
@@ -461,8 +462,9 @@ class Workers:
 class ShapesTrainer(InProcessTrainerLogic):
     """Trains ShapesNet on the Loop's box annotations (format ``shapes_torch``) on CPU.
 
-    ``epochs`` trains that many epochs (about 0.4 s each for the demo's 120 images on two cores); ``nproc > 1``
-    runs the loop on that many ranks under torch.distributed (gloo). Other keywords are :class:`TrainOptions`.
+    ``epochs`` trains that many epochs (about 0.5 s each for the demo's 120 images on two idle cores; 30 epochs
+    reach F1 ~0.98 on its test split); ``nproc > 1`` runs the loop on that many ranks under torch.distributed
+    (gloo). Other keywords are :class:`TrainOptions` (``threads``, ``resolution``, ``batch_size``, ...).
     """
 
     model_format = MODEL_FORMAT
