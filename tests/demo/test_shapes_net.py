@@ -10,8 +10,6 @@ rendered into a folder, as the trainer node would have downloaded them.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from llnode.demo.torch_trainer import ShapesTrainer  # noqa: E402
 from llnode.localloop import demo  # noqa: E402
 from llnode.schema import Category, ModelInformation  # noqa: E402
 from llnode.trainer.callbacks import ORDER_LOOP_METRICS, Callback, f1_score  # noqa: E402
-from llnode.trainer.logic import BestState, TrainingInterrupted  # noqa: E402
+from tests.trainer.fake_run import FakeRun  # noqa: E402
 
 CATEGORIES = [Category(id=c['id'], name=c['name'], type=c['type']) for c in demo.DEMO_CATEGORIES]
 BOX_IDS = [c.id for c in CATEGORIES if c.type == 'box']
@@ -58,73 +56,11 @@ def demo_data(folder: Path, count: int, *, seed: int = 0) -> list[dict[str, Any]
     return items
 
 
-class ShapesRun:
-    """A TrainingRun over demo images without a Loop: flags as Events (set from the test thread), the reported
-    best states with the time they came, the progress."""
+class ShapesRun(FakeRun):
+    """A TrainingRun over demo images without a Loop (the shared fake run on ``folder/training``)."""
 
     def __init__(self, folder: Path, image_data: list[dict[str, Any]], images_folder: Path) -> None:
-        self.organization = 'zauberzeug'
-        self.project = 'demo'
-        self.training_number = 1
-        self.model_variant = ''
-        self.hyperparameters: dict[str, Any] = {}
-        self.categories = list(CATEGORIES)
-        self.base_model_uuid: str | None = None
-        self.training_folder = folder / 'training'
-        self.images_folder = images_folder
-        self.training_folder.mkdir(parents=True, exist_ok=True)
-        self.logger = logging.getLogger('tests.demo.shapes_run')
-        self._image_data = image_data
-        self._stop = threading.Event()
-        self._abort = threading.Event()
-        self.progress: list[float | None] = []
-        self.reported: list[BestState] = []
-        self.started = time.monotonic()
-
-    @property
-    def image_data(self) -> list[dict[str, Any]]:
-        return self._image_data
-
-    @property
-    def base_model_folder(self) -> Path | None:
-        return None
-
-    @property
-    def node_uuid(self) -> str:
-        return '00000000-0000-0000-0000-0000000000aa'
-
-    @property
-    def node_name(self) -> str:
-        return 'shapes test'
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
-    @property
-    def abort_requested(self) -> bool:
-        return self._abort.is_set()
-
-    def check_stop(self) -> None:
-        if self._abort.is_set():
-            raise TrainingInterrupted(aborted=True)
-        if self._stop.is_set():
-            raise TrainingInterrupted(aborted=False)
-
-    def wait_for_stop(self, timeout: float) -> bool:
-        return self._stop.wait(timeout) or self._abort.is_set()
-
-    def set_progress(self, fraction: float | None) -> None:
-        self.progress.append(fraction)
-
-    def report_best(self, state: BestState) -> None:
-        self.reported.append(state)
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def request_abort(self) -> None:
-        self._abort.set()
+        super().__init__(folder / 'training', images_folder, categories=CATEGORIES, image_data=image_data)
 
 
 def box(category: str, xywh: tuple[float, float, float, float], confidence: float | None = None) -> dict[str, Any]:
@@ -409,7 +345,7 @@ def test_without_test_images_the_matrix_is_measured_on_the_training_images(
 ) -> None:
     items = [{**item, 'set': 'train'} for item in demo_data(tmp_path / 'images', 6)]
     run = ShapesRun(tmp_path, items, tmp_path / 'images')
-    with caplog.at_level(logging.WARNING, logger='tests.demo.shapes_run'):
+    with caplog.at_level(logging.WARNING, logger='tests.trainer.fake_run'):
         ShapesTrainer(epochs=1, resolution=64, width=8).train(run)  # type: ignore[arg-type]
     assert 'no test images' in caplog.text
     [state] = run.reported

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import queue
 import threading
 import zipfile
@@ -23,8 +22,9 @@ from llnode.schema import Category, Detections, ModelInformation
 from llnode.trainer import TrainerNode
 from llnode.trainer.callbacks import ORDER_CHECKPOINT, Callback, ConfusionCounter
 from llnode.trainer.inprocess import InProcessTrainerLogic, TrainingHooks
-from llnode.trainer.logic import BestState, CriticalError, TrainingInterrupted, TrainingRun
+from llnode.trainer.logic import CriticalError, TrainingInterrupted, TrainingRun
 from tests.polling import wait_for
+from tests.trainer.fake_run import FakeRun as SharedFakeRun
 from tests.trainer.trainer_support import (
     ORGANIZATION,
     PROJECT,
@@ -40,76 +40,13 @@ CATEGORIES = [Category(id='uuid-cat', name='cat', type='classification'), Catego
 JOIN_TIMEOUT = 10.0
 
 
-class FakeRun:
-    """A TrainingRun for tests: Events for the flags (set from the test thread), recorded progress and states."""
+class FakeRun(SharedFakeRun):
+    """The shared fake run on ``folder/training`` with this file's categories and three epochs."""
 
     def __init__(self, folder: Path, logic: InProcessTrainerLogic | None = None) -> None:
-        self.organization = 'zauberzeug'
-        self.project = 'demo'
-        self.training_number = 1
-        self.model_variant = ''
-        self.hyperparameters: dict[str, Any] = {'epochs': 3}
-        self.categories = list(CATEGORIES)
-        self.base_model_uuid: str | None = None
-        self.training_folder = folder / 'training'
-        self.images_folder = folder / 'images'
-        self.training_folder.mkdir(parents=True, exist_ok=True)
-        self.logger = logging.getLogger('tests.trainer.fake_run')
-        self.logic = logic
-        self._stop = threading.Event()
-        self._abort = threading.Event()
-        self.progress: list[float | None] = []
-        self.reported: list[BestState] = []
-
-    @property
-    def image_data(self) -> list[dict[str, Any]]:
-        return []
-
-    @property
-    def base_model_folder(self) -> Path | None:
-        return None
-
-    @property
-    def node_uuid(self) -> str:
-        return '00000000-0000-0000-0000-000000000001'
-
-    @property
-    def node_name(self) -> str:
-        return 'fake'
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
-    @property
-    def abort_requested(self) -> bool:
-        return self._abort.is_set()
-
-    def check_stop(self) -> None:
-        if self._abort.is_set():
-            raise TrainingInterrupted(aborted=True)
-        if self._stop.is_set():
-            raise TrainingInterrupted(aborted=False)
-
-    def wait_for_stop(self, timeout: float) -> bool:
-        return self._stop.wait(timeout) or self._abort.is_set()
-
-    def set_progress(self, fraction: float | None) -> None:
-        self.progress.append(fraction)
-
-    def report_best(self, state: BestState) -> None:
-        self.reported.append(state)
-
-    # as the core does it: set the flag, then call the logic's hook (from the calling thread)
-    def request_stop(self) -> None:
-        self._stop.set()
-        if self.logic is not None:
-            self.logic.stop(self)
-
-    def request_abort(self) -> None:
-        self._abort.set()
-        if self.logic is not None:
-            self.logic.abort(self)
+        super().__init__(
+            folder / 'training', folder / 'images', categories=CATEGORIES, hyperparameters={'epochs': 3}, logic=logic
+        )
 
 
 def write_json_model(model: Any, handle: IO[bytes]) -> None:
