@@ -58,6 +58,11 @@ def keep_pillow_blocks(blocks: int = PILLOW_BLOCKS_KEPT) -> None:
         Image.core.set_blocks_max(blocks)
 
 
+def release_pillow_blocks() -> None:
+    """Free the image blocks Pillow keeps for reuse (they come back with the next decodes); for idle times."""
+    Image.core.clear_cache()
+
+
 def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """The picture in ``data`` (any format Pillow reads) as an array, EXIF orientation applied."""
     return np.asarray(_load(data, max_pixels))

@@ -39,8 +39,8 @@ ARENA_MAX = 1
 
 #: the requests must have paused this long before free memory is handed back
 IDLE_S = 1.0
-#: ...and at least this much must be free in the heap to be worth a trim
-MIN_FREE_BYTES = 4 * 1024 * 1024
+#: ...and at least this much must be free in the heap to be worth a trim (a trim costs well under a millisecond)
+MIN_FREE_BYTES = 1024 * 1024
 
 
 class _MallInfo2(ctypes.Structure):
@@ -123,7 +123,8 @@ class IdleTrimmer:
     """Decides, each time it is polled, whether the requests have paused long enough to trim the heap.
 
     It trims once per pause (after ``idle_s`` without a new request, if traffic came since the last trim and at
-    least ``min_free_bytes`` are free), so steady traffic keeps its warm buffers.
+    least ``min_free_bytes`` are free), so steady traffic keeps its warm buffers. ``release`` runs first in each
+    pause: it frees what libraries keep for reuse (a detector's cached Pillow blocks), so the trim can return it.
     """
 
     def __init__(
@@ -133,8 +134,10 @@ class IdleTrimmer:
         idle_s: float = IDLE_S,
         min_free_bytes: int = MIN_FREE_BYTES,
         clock: Callable[[], float] = time.monotonic,
+        release: Callable[[], object] | None = None,
     ) -> None:
         self._activity = activity
+        self._release = release
         self._idle_s = idle_s
         self._min_free = min_free_bytes
         self._clock = clock
@@ -153,6 +156,11 @@ class IdleTrimmer:
         if now - self._changed_at < self._idle_s or self._trimmed_at_count == count:
             return False
         self._trimmed_at_count = count  # one attempt per pause, whatever it finds
+        if self._release is not None:
+            try:
+                self._release()
+            except Exception:  # a cache that cannot be emptied costs memory, never the serving loop
+                logger.exception('releasing cached memory failed')
         free = free_heap_bytes()
         if free is not None and free < self._min_free:
             return False

