@@ -4,7 +4,10 @@ Both servers bind in the constructor (a port in use is an ``OSError`` there, bef
 one named thread after ``start()``, and ``stop(timeout)`` ends that thread and every connection it opened.
 
 - **waitress** (the default): production grade, but it cannot hand a connection over to WebSocket, so
-  Socket.IO runs long-polling only. Its worker threads are waitress's own (``waitress-N``).
+  Socket.IO runs long-polling only. Its worker threads are waitress's own (``waitress-N``), woken newest-idle
+  first (:class:`LifoCondition`): waitress wakes the longest-idle one, so every request ran on the next of its
+  32 threads and each kept its touched stack and caches resident (1.6 MB more idle RSS than 8 threads); now
+  the threads that just served serve again and the rest stay cold until traffic needs them.
 - **werkzeug**: the threaded development server; it hands the raw socket to ``simple-websocket``, so Socket.IO
   clients upgrade to WebSocket. Request threads are named ``llnode-http-N``. llnode binds the socket itself
   (werkzeug would ``sys.exit(1)`` on a bind error) and logs requests at DEBUG under ``llnode.node.http``
@@ -87,6 +90,45 @@ def _underscore_headers(lines: Iterable[tuple[str, str]], names: frozenset[str])
             yield name.strip().upper(), value.strip(' \t')
 
 
+class LifoCondition:
+    """``threading.Condition``'s ``wait``/``notify``/``notify_all`` on ``lock``, waking the newest waiter first.
+
+    The caller holds ``lock`` around every call, as with ``threading.Condition``.
+    """
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._waiters: list[Any] = []  # guarded by ``lock``; the last one waited last
+
+    def wait(self, timeout: float | None = None) -> bool:
+        waiter = threading.Lock()
+        waiter.acquire()
+        self._waiters.append(waiter)
+        self._lock.release()
+        woken = False
+        try:
+            woken = waiter.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+            return woken
+        finally:
+            self._lock.acquire()
+            if not woken:
+                with contextlib.suppress(ValueError):  # a notify took it between the timeout and here
+                    self._waiters.remove(waiter)
+
+    @property
+    def waiting(self) -> int:
+        """Threads waiting now."""
+        return len(self._waiters)
+
+    def notify(self, n: int = 1) -> None:
+        while self._waiters and n > 0:
+            self._waiters.pop().release()
+            n -= 1
+
+    def notify_all(self) -> None:
+        self.notify(len(self._waiters))
+
+
 class WaitressServer:
     """waitress, driven by llnode's own loop so that the serving thread itself closes every channel on stop."""
 
@@ -97,11 +139,17 @@ class WaitressServer:
         from waitress.channel import HTTPChannel
         from waitress.parser import HTTPRequestParser
         from waitress.server import create_server
+        from waitress.task import ThreadedTaskDispatcher
         from waitress.trigger import trigger
 
         self._asyncore = wasyncore
         self._map: dict[int, Any] = {}
-        self._server = create_server(app, map=self._map, host=host, port=port, threads=threads)
+        dispatcher = ThreadedTaskDispatcher()
+        dispatcher.queue_cv = LifoCondition(dispatcher.lock)
+        # ``_dispatcher``: waitress's own hook for a dispatcher made outside (its tests use it); waitress then
+        # leaves starting the threads to us, which happens once the port is bound.
+        self._server = create_server(app, map=self._map, host=host, port=port, threads=threads, _dispatcher=dispatcher)
+        dispatcher.set_thread_count(threads)
         if underscore_headers:
 
             class Parser(HTTPRequestParser):
