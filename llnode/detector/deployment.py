@@ -287,7 +287,10 @@ class ModelManager:
             with self._lock:
                 target = self._target
                 current = None if self._active is None else self._active.version
-            if target is None or target.version == current or not self.backoff.ready(target.version):
+            if target is not None and target.version == current:
+                self._repair_current_link(target.version)
+                return False
+            if target is None or not self.backoff.ready(target.version):
                 return False
             try:
                 self._update_to(target)
@@ -315,8 +318,31 @@ class ModelManager:
                 self._errors.pop(UPDATE_ERROR_KEY, None)  # with the swap: no one sees the new model and the old error
             if old is not None:
                 _retire(old, self._name)
-        self.store.activate(version)
         logger.info('%s: now serving model version %s', self._name, version)
+        self._record_current(version)
+
+    def _record_current(self, version: str) -> bool:
+        """Point ``current_model`` at the version that serves, so a restart builds it first.
+
+        The link follows the swap: a failure here (a full or read-only disk) leaves the new model serving, puts
+        the error in the status and is tried again each cycle (:meth:`_repair_current_link`).
+        """
+        try:
+            self.store.activate(version)
+        except Exception as e:
+            message = f'Serving model {version}, but could not make it the current model on disk: {_describe(e)}'
+            logger.warning('%s: %s (tried again next cycle)', self._name, message)
+            self._set_error(message)
+            return False
+        return True
+
+    def _repair_current_link(self, version: str) -> None:
+        """Retry an earlier failure of :meth:`_record_current` (a readlink per cycle while nothing is wrong)."""
+        if self.store.current_version() == version:
+            return
+        if self._record_current(version):
+            logger.info('%s: current model on disk is version %s again', self._name, version)
+            self._set_error(None)
 
     def _exclusive_swap(self, folder: Path, version: str) -> None:
         """Release the old model, then build the new one; on failure build the old one again."""

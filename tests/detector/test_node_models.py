@@ -379,6 +379,33 @@ def test_a_failed_build_keeps_or_restores_the_old_model(
 
 
 @pytest.mark.parametrize('exclusive', [False, True])
+def test_a_current_model_link_that_cannot_be_written_is_reported_and_written_later(
+    local_loop: LocalLoop, make_node: Callable[..., DetectorNode], monkeypatch: pytest.MonkeyPatch, exclusive: bool
+) -> None:
+    node = make_node(local_loop, settings={'exclusive_model_build': exclusive})
+    wait_for(lambda: serving(node) == '1.1', what='1.1 to serve')
+    store = node.store
+    activate = store.activate
+    failures = [OSError(28, 'No space left on device')] * 3  # the first cycles after the swap fail too
+
+    def failing_activate(version: str) -> None:
+        if failures:
+            raise failures.pop()
+        activate(version)
+
+    monkeypatch.setattr(store, 'activate', failing_activate)
+    deploy(local_loop, '1.2')
+    wait_for(lambda: serving(node) == '1.2', what='the new model to serve although its link failed')
+    error = wait_for(lambda: node.models.errors().get('update_model'), what='the link error')
+    assert error.startswith('Serving model 1.2, but could not make it the current model on disk: ')
+    assert 'No space left on device' in error
+
+    wait_for(lambda: os.readlink(store.link_path) == 'models/1.2', what='the link written on a later cycle')
+    wait_for(lambda: node.models.errors() == {}, what='the error cleared')
+    assert serving(node) == '1.2' and not failures
+
+
+@pytest.mark.parametrize('exclusive', [False, True])
 def test_during_a_build_the_old_model_serves_unless_exclusive(
     local_loop: LocalLoop, make_node: Callable[..., DetectorNode], exclusive: bool
 ) -> None:
