@@ -39,6 +39,7 @@ from llnode.detector.relevance import RelevanceFilter
 from llnode.detector.rest import detector_blueprints
 from llnode.detector.socket_events import register_socket_events
 from llnode.detector.status_sync import StatusReporter
+from llnode.detector.version_choice import VersionChoice, load_choice, save_choice
 from llnode.loop.errors import LoopError, LoopHTTPError
 from llnode.node.errors import BadRequest, InsufficientStorage, Unavailable, Unprocessable
 from llnode.node.identity import node_key
@@ -184,6 +185,11 @@ class DetectorNode(Node):
             backoff=update_backoff,
             name=self.key,
         )
+        self._version_lock = threading.Lock()  # one version-control choice saved and applied at a time
+        saved = load_choice(settings.data_folder)
+        if saved is not None:  # the operator's last choice wins over VERSION_CONTROL_DEFAULT
+            self._apply_version_choice(saved)
+            logger.info('%s: version control %s (saved choice)', self.name, self.models.version_mode.value)
         self._status = StatusReporter(self._send_status, name=f'llnode-status-{self.key}')
         register_socket_events(self)
 
@@ -393,22 +399,38 @@ class DetectorNode(Node):
 
         A request that cannot be followed raises :class:`VersionControlError` with the reference's message and
         changes nothing (the reference switches to ``specific_version`` or ``pause`` on some of them, quirk Q5).
+        An accepted choice is saved before it applies (:mod:`llnode.detector.version_choice`), so a restart keeps
+        it; if it cannot be saved the request fails with 507 and changes nothing.
         """
         if not isinstance(text, str):
             raise VersionControlError('Invalid version number')
         text = text.strip()
         if text == VersionMode.FOLLOW_LOOP.value:
-            self.models.follow_loop()
+            choice = VersionChoice(VersionMode.FOLLOW_LOOP)
         elif text == VersionMode.PAUSE.value:
-            self.models.pause()
+            choice = VersionChoice(VersionMode.PAUSE)
         else:
             if not is_version(text):
                 raise VersionControlError('Invalid version number')
             target = self.models.target
             if target is None or target.version != text:
                 target = self._find_model(text)
-            self.models.use_version(target)
+            choice = VersionChoice(VersionMode.SPECIFIC_VERSION, target)
+        with self._version_lock:
+            try:
+                save_choice(self.settings.data_folder, choice)
+            except OSError as e:
+                raise InsufficientStorage(f'cannot save the version control: {e.strerror or e}') from None
+            self._apply_version_choice(choice)
         logger.info('%s: version control %s', self.name, self.models.version_mode.value)
+
+    def _apply_version_choice(self, choice: VersionChoice) -> None:
+        if choice.mode == VersionMode.FOLLOW_LOOP:
+            self.models.follow_loop()
+        elif choice.mode == VersionMode.PAUSE:
+            self.models.pause()
+        elif choice.target is not None:
+            self.models.use_version(choice.target)
 
     def _find_model(self, version: str) -> ModelTarget:
         """The Loop's model with ``version`` (``GET …/models``); offline, a locally installed copy is used."""

@@ -21,6 +21,7 @@ from llnode.detector.deployment import NotServing
 from llnode.detector.model_store import RetryBackoff
 from llnode.localloop import LocalLoop
 from llnode.localloop.archives import build_model_zip
+from llnode.node.errors import InsufficientStorage
 from llnode.schema import BoxDetection, ImageMetadata, ModelInformation, OperationMode, OutboxMode, VersionMode
 from tests.node.conftest import new_threads_gone
 from tests.polling import wait_for
@@ -322,6 +323,68 @@ def test_offline_a_specific_version_that_is_installed_can_still_be_chosen(
     wait_for(lambda: serving(node) == '2.0', what='the installed version 2.0')
     with pytest.raises(VersionControlError):
         node.set_version_mode('3.0')  # neither reachable nor installed
+
+
+def test_a_pinned_version_and_a_pause_survive_a_restart(
+    local_loop: LocalLoop, make_node: Callable[..., DetectorNode], tmp_path: Path
+) -> None:
+    node = make_node(local_loop)
+    wait_for(lambda: serving(node) == '1.1', what='1.1 to serve')
+    node.set_version_mode('1.0')
+    wait_for(lambda: serving(node) == '1.0', what='the pinned version 1.0')
+    saved = json.loads((tmp_path / 'node' / 'version_control.json').read_text())
+    assert saved['mode'] == 'specific_version' and saved['version'] == '1.0'
+    node.stop()
+
+    deploy(local_loop, '1.2')  # what a restarted node that forgot the pin would switch to
+    node = make_node(local_loop)
+    assert node.models.version_mode == VersionMode.SPECIFIC_VERSION
+    assert serving(node) == '1.0'  # the current model, built at start
+    wait_for(lambda: node.model_versions().loop_version == '1.2', what='the poll to see 1.2')
+    cycles = node._repeat.cycles
+    wait_for(lambda: node._repeat.cycles >= cycles + 5, what='five more cycles')
+    assert serving(node) == '1.0' and '1.2' not in node.model_versions().local_versions
+
+    node.set_version_mode('pause')
+    node.stop()
+    node = make_node(local_loop)
+    assert node.model_versions().version_control == 'pause'
+    node.set_version_mode('follow_loop')
+    node.stop()
+    node = make_node(local_loop, settings={'version_control_default': 'pause'})  # the saved choice wins
+    assert node.models.version_mode == VersionMode.FOLLOW_LOOP
+    wait_for(lambda: serving(node) == '1.2', what='following the Loop to 1.2')
+
+
+def test_a_version_choice_that_cannot_be_saved_fails_and_changes_nothing(
+    local_loop: LocalLoop, make_node: Callable[..., DetectorNode], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = make_node(local_loop)
+    wait_for(lambda: serving(node) == '1.1', what='1.1 to serve')
+
+    def full_disk(*args: Any) -> None:
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr('llnode.detector.node.save_choice', full_disk)
+    with pytest.raises(InsufficientStorage) as error:
+        node.set_version_mode('pause')
+    assert error.value.status == 507 and 'No space left on device' in error.value.detail
+    assert node.models.version_mode == VersionMode.FOLLOW_LOOP
+
+
+@pytest.mark.parametrize(
+    'content',
+    ['{not json', '{"mode": "sometimes"}', '{"mode": "specific_version", "version": "1.0"}', '[]'],
+)
+def test_a_saved_choice_that_cannot_be_read_is_reported_and_the_default_applies(
+    make_node: Callable[..., DetectorNode], tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str
+) -> None:
+    folder = tmp_path / 'node'
+    folder.mkdir()
+    (folder / 'version_control.json').write_text(content)
+    node = make_node(None, settings={'version_control_default': 'pause'})
+    assert node.models.version_mode == VersionMode.PAUSE
+    assert 'ignoring the saved version control' in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------ failures
