@@ -108,13 +108,13 @@ class ConverterNode(Node):
         self.settings.project_path  # noqa: B018  (raises ConfigError when organization or project is missing)
         self.logic = logic
         self.worker_stop_timeout = float(worker_stop_timeout)
-        self.book = RetryBook(max_attempts=max_attempts, retry_delay=retry_delay, max_retry_delay=max_retry_delay)
-        work_root = (
-            self.settings.data_folder
-            / self.settings.organization
-            / self.settings.project
-            / 'conversions'
-            / f'{logic.source_format}_to_{logic.target_format}'
+        conversions = self.settings.data_folder / self.settings.organization / self.settings.project / 'conversions'
+        work_root = conversions / f'{logic.source_format}_to_{logic.target_format}'
+        self.book = RetryBook(
+            max_attempts=max_attempts,
+            retry_delay=retry_delay,
+            max_retry_delay=max_retry_delay,
+            path=work_root.with_name(f'{work_root.name}.failures.json'),  # beside: the worker empties work_root
         )
         self.worker = ConversionWorker(
             logic,

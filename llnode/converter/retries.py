@@ -6,14 +6,26 @@ the Loop is unavailable (no connection, a timeout, 5xx, 408, 429) back off the s
 ``max_attempts``: an outage is waited out, it never makes the node give a model up. After ``max_attempts``
 counted failures the model is given up; it stays in the book (and in the status errors) until the Loop stops
 listing it or :meth:`RetryBook.clear` forgets it.
+
+With a ``path``, the book is kept on disk (written durably after each change), so a restarted converter does not
+try a given-up model again, and counted attempts go on where they stopped; a model that was waiting for its
+back-off is due at once after a restart. A file that cannot be read is reported and the book starts empty.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llnode.durable import write_json
+
+logger = logging.getLogger('llnode.converter')
 
 #: The first retry of a failed model after 5 s, doubling up to 300 s (the trainer's stage back-off).
 RETRY_DELAY = 5.0
@@ -68,6 +80,7 @@ class RetryBook:
         retry_delay: float = RETRY_DELAY,
         max_retry_delay: float = MAX_RETRY_DELAY,
         clock: Callable[[], float] = time.monotonic,
+        path: Path | None = None,
     ) -> None:
         if max_attempts is not None and (
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
@@ -85,6 +98,46 @@ class RetryBook:
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[str, ModelFailure] = {}
+        self.path = path
+        self._save_lock = threading.Lock()  # one write at a time, each of the state when it started
+        if path is not None:
+            self._records = self._load(path)
+
+    def _load(self, path: Path) -> dict[str, ModelFailure]:
+        try:
+            data = json.loads(path.read_text(encoding='utf-8'))
+            if not isinstance(data, dict):
+                raise ValueError(f'expected an object, got {type(data).__name__}')
+            return {model_id: self._restored(model_id, entry) for model_id, entry in data.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            logger.error('ignoring the saved conversion failures %s: %s', path, e)
+            return {}
+
+    def _restored(self, model_id: str, entry: Any) -> ModelFailure:
+        if not isinstance(entry, dict):
+            raise ValueError(f'bad record for model {model_id!r}')
+        attempts, failures, error = int(entry['attempts']), int(entry['failures']), str(entry['error'])
+        version = entry.get('version')
+        if attempts < 0 or failures < 1 or (version is not None and not isinstance(version, str)):
+            raise ValueError(f'bad record for model {model_id!r}')
+        given_up = self.max_attempts is not None and attempts >= self.max_attempts  # the limit may have changed
+        return ModelFailure(model_id, version, attempts, failures, error, given_up, None if given_up else self._clock())
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        with self._save_lock:
+            with self._lock:
+                data = {
+                    model_id: {'version': r.version, 'attempts': r.attempts, 'failures': r.failures, 'error': r.error}
+                    for model_id, r in self._records.items()
+                }
+            try:
+                write_json(self.path, data)
+            except OSError as e:
+                logger.warning('cannot save the conversion failures to %s: %s', self.path, e)
 
     def due(self, model_id: str) -> bool:
         """Whether ``model_id`` may be tried now: never failed, or its back-off has passed and it is not given up."""
@@ -109,12 +162,15 @@ class RetryBook:
             times = ((old.attempted_at if old else ()) + (started_at,))[-KEPT_ATTEMPT_TIMES:]
             record = ModelFailure(model_id, version, attempts, failures, error, given_up, next_at, times)
             self._records[model_id] = record
-            return record
+        self._save()
+        return record
 
     def forget(self, model_id: str) -> None:
         """The model was converted (or needs no conversion any more): drop its record."""
         with self._lock:
-            self._records.pop(model_id, None)
+            known = self._records.pop(model_id, None) is not None
+        if known:
+            self._save()
 
     def prune(self, listed: Iterable[str]) -> list[str]:
         """Drop the records of models that are not ``listed`` any more (deleted, or converted elsewhere)."""
@@ -123,6 +179,8 @@ class RetryBook:
             gone = [model_id for model_id in self._records if model_id not in keep]
             for model_id in gone:
                 del self._records[model_id]
+        if gone:
+            self._save()
         return gone
 
     def clear(self, *, given_up_only: bool = False) -> list[str]:
@@ -131,6 +189,8 @@ class RetryBook:
             chosen = [m for m, r in self._records.items() if r.given_up or not given_up_only]
             for model_id in chosen:
                 del self._records[model_id]
+        if chosen:
+            self._save()
         return chosen
 
     def next_due(self) -> float | None:

@@ -94,6 +94,24 @@ def test_converts_the_models_that_lack_the_target_and_gives_a_broken_one_up_with
     wait_for(lambda: len(logic.calls_for(broken)) >= 4, what='a new attempt after retry_failed')
 
 
+def test_a_given_up_model_stays_given_up_after_a_restart(local_loop: LocalLoop, make_converter: MakeConverter) -> None:
+    broken = upload_new_model(local_loop, SOURCE, {WEIGHTS: b'BROKEN weights'})
+    logic = UpperLogic()
+    node = make_converter(local_loop, logic, max_attempts=1)
+    wait_for(lambda: (r := node.failures().get(broken)) is not None and r.given_up, what='the model to be given up')
+    assert node.stop()
+
+    restarted_logic = UpperLogic()
+    node = make_converter(local_loop, restarted_logic, max_attempts=1)
+    assert node.failures()[broken].given_up  # known before the first listing
+    assert node.status().errors[broken].startswith('given up after 1 failed attempt')
+    cycles = node.worker.cycles
+    wait_for(lambda: node.worker.cycles >= cycles + 5, what='a few listings')
+    assert restarted_logic.calls_for(broken) == []
+    assert node.retry_failed(given_up_only=True) == [broken]  # an operator can still ask for another try
+    wait_for(lambda: len(restarted_logic.calls_for(broken)) == 1, what='the attempt asked for')
+
+
 def test_5xx_during_download_and_upload_is_retried_and_never_counts_toward_giving_up(
     local_loop: LocalLoop, make_converter: MakeConverter
 ) -> None:

@@ -3,6 +3,7 @@ of a conversion's result, the listing's parsing and the node's argument checks."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,47 @@ def test_unlimited_attempts_keep_a_bounded_history_and_prune_and_clear_forget() 
     assert book.clear(given_up_only=True) == []
     assert book.clear() == ['m'] and book.records() == {}
     book.forget('nothing')  # forgetting an unknown model is fine
+
+
+def test_a_book_with_a_path_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / 'conversions' / 'a_to_b.failures.json'
+    clock = Clock()
+    book = RetryBook(max_attempts=2, retry_delay=5.0, max_retry_delay=5.0, clock=clock, path=path)
+    book.record_failure('broken', '1.0', 'ValueError: x', counted=True, started_at=clock.now)
+    book.record_failure('broken', '1.0', 'ValueError: y', counted=True, started_at=clock.now)
+    book.record_failure('waiting', '2.0', 'ValueError: z', counted=True, started_at=clock.now)
+    book.record_failure('outage', None, 'LoopHTTPError: 503', counted=False, started_at=clock.now)
+    assert not book.due('waiting')
+
+    later = Clock()
+    later.now = 7.0  # a new process: its monotonic clock has nothing to do with the old one
+    again = RetryBook(max_attempts=2, retry_delay=5.0, max_retry_delay=5.0, clock=later, path=path)
+    records = again.records()
+    assert records['broken'].given_up and not again.due('broken')
+    assert records['broken'].error == 'ValueError: y' and records['broken'].attempts == 2
+    assert (records['waiting'].attempts, records['waiting'].version) == (1, '2.0') and again.due('waiting')
+    assert records['outage'].attempts == 0 and records['outage'].failures == 1 and again.due('outage')
+    again.record_failure('waiting', '2.0', 'ValueError: z', counted=True, started_at=later.now)
+    assert again.records()['waiting'].given_up  # the attempts went on where they stopped
+
+    raised = RetryBook(max_attempts=5, path=path)  # a higher limit gives the models their attempts back
+    assert not raised.records()['broken'].given_up and raised.due('broken')
+    assert sorted(raised.prune(['broken'])) == ['outage', 'waiting'] and raised.clear() == ['broken']
+    assert RetryBook(path=path).records() == {}
+    RetryBook(path=path).forget('unknown')  # nothing changed: nothing written
+    assert json.loads(path.read_text()) == {}
+
+
+@pytest.mark.parametrize('content', ['{not json', '[1]', '{"m": {"attempts": 1}}', '{"m": 3}'])
+def test_a_saved_book_that_cannot_be_read_is_reported_and_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str
+) -> None:
+    path = tmp_path / 'failures.json'
+    path.write_text(content)
+    book = RetryBook(path=path)
+    assert book.records() == {} and 'ignoring the saved conversion failures' in caplog.text
+    book.record_failure('m', '1.0', 'E', counted=True, started_at=0.0)
+    assert set(json.loads(path.read_text())) == {'m'}  # the next change replaces the unreadable file
 
 
 @pytest.mark.parametrize(
