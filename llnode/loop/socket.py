@@ -10,22 +10,29 @@ Why this module exists instead of using ``socketio.Client`` directly:
   ``{"success", "error_msg", "payload"}`` envelope the Loop expects (:func:`envelope`).
 - **Bounded shutdown.** :meth:`LoopSocket.close` disconnects within a timeout and leaves no thread of its own.
 
-Threads. The sync engineio client runs one reader and one writer thread per connection and dispatches every
-incoming Socket.IO packet in a thread of its own (``_trigger_event('message', ..., run_async=True)`` in
-engineio's ``Client._receive_packet``). So a handler runs in its own thread, a slow handler does not block
-ping/pong or other events, and handlers for different events may run at the same time: a handler must guard
-the state it shares. All these threads are named ``llnode-sio-*``.
+Threads. The sync engineio client runs one reader and one writer thread per connection. By itself it would decode
+and handle every incoming Socket.IO packet in a thread of its own (``_trigger_event('message', ..., run_async=True)``
+in engineio's ``Client._receive_packet``), so two events that arrive back to back could be handled in either order.
+Here each client puts incoming packets in an inbox drained by one dispatcher thread, which decodes them in arrival
+order, hands acks to waiting :meth:`LoopSocket.call` and routes each event, but never runs an event handler itself:
+an event whose handler has a ``lane`` (see :meth:`LoopSocket.on`) runs in that lane's thread after the earlier
+events with the same key, in the order they arrived; any other event runs in a thread of its own. So a slow handler
+does not block ping/pong, acks or other events, a handler may itself ``call()`` the Loop, and handlers outside one
+lane may run at the same time: a handler must guard the state it shares. Handlers of ``connect`` and
+``connect_error`` run in the dispatcher thread and ``disconnect`` handlers in whichever thread noticed the end: they
+must be quick. All these threads are named ``llnode-sio-*``.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Protocol
 
 import engineio
@@ -57,6 +64,15 @@ READINESS_TIMEOUT = 5.0
 
 #: Delays are drawn from ``[JITTER_LOW, 1] * delay`` so that many nodes do not retry in lockstep.
 JITTER_LOW = 0.75
+
+#: Events that may wait in one lane behind the one it runs; one more is refused with an error ack.
+LANE_CAPACITY = 64
+
+#: How long a disconnect waits for the client's dispatcher thread to finish the packet it is on.
+DISPATCH_JOIN_TIMEOUT = 5.0
+
+#: What a lane function returns: a key (events with equal keys run one after another), or None (no lane).
+LaneFunction = Callable[..., Hashable | None]
 
 
 class _SettingsLike(Protocol):
@@ -121,14 +137,28 @@ def envelope(value: Any) -> dict[str, Any] | None:
     return {'success': False, 'error_msg': message, 'payload': None}
 
 
-class _EngineIOClient(engineio.Client):
-    """engineio's threading client with named threads and a prompt, complete disconnect.
+_STOP_DISPATCH = object()
 
-    Overrides rely on engineio 4.x internals (``queue``, ``state``, ``current_transport``, ``_send_request``);
-    the tests in ``tests/loop/test_socket.py`` catch a change there.
+
+class _EngineIOClient(engineio.Client):
+    """engineio's threading client with named threads, incoming packets in arrival order, a prompt disconnect.
+
+    Incoming messages go to an inbox that one dispatcher thread (started with the first message) drains in order;
+    the inbox closes when the connection ends, and later messages are dropped. A client connects once: LoopSocket
+    builds a new one for every connection. Overrides rely on engineio 4.x internals (``queue``, ``state``,
+    ``current_transport``, ``_send_request``, ``_trigger_event``, ``_reset``); the tests in
+    ``tests/loop/test_socket.py`` catch a change there.
     """
 
     _server_closed = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # ``_inbox_lock`` guards _inbox_open and _dispatch_thread; the inbox itself is a thread-safe queue.
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._inbox_lock = threading.Lock()
+        self._inbox_open = True
+        self._dispatch_thread: threading.Thread | None = None
+        super().__init__(*args, **kwargs)
 
     def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
         name = getattr(target, '__name__', 'task').strip('_')
@@ -136,8 +166,49 @@ class _EngineIOClient(engineio.Client):
         thread.start()
         return thread
 
+    def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        """Queue incoming messages for the dispatcher instead of a thread each; close the inbox on disconnect."""
+        if event == 'message' and kwargs.get('run_async'):
+            self._post(args)
+            return None
+        result = super()._trigger_event(event, *args, **kwargs)
+        if event == 'disconnect':
+            self._close_inbox()
+        return result
+
+    def _reset(self) -> None:
+        # Every end of a connection passes here (disconnect, a transport error, a failed connect).
+        super()._reset()
+        self._close_inbox()
+
+    def _post(self, args: tuple[Any, ...]) -> None:
+        with self._inbox_lock:
+            if not self._inbox_open:
+                logger.debug('a Socket.IO packet after the end of the connection dropped')
+                return
+            self._inbox.put(args)
+            if self._dispatch_thread is None:
+                self._dispatch_thread = self.start_background_task(self._dispatch)
+
+    def _close_inbox(self) -> threading.Thread | None:
+        """Refuse further messages and let the dispatcher end after those queued; returns the dispatcher."""
+        with self._inbox_lock:
+            if self._inbox_open:
+                self._inbox_open = False
+                if self._dispatch_thread is not None:
+                    self._inbox.put(_STOP_DISPATCH)
+            return self._dispatch_thread
+
+    def _dispatch(self) -> None:
+        """The dispatcher thread: python-socketio's message handler for each queued message, in arrival order."""
+        while True:
+            args = self._inbox.get()
+            if args is _STOP_DISPATCH:
+                return
+            super()._trigger_event('message', *args, run_async=False)
+
     def disconnect(self, abort: bool = False, reason: Any = None) -> None:
-        """Disconnect, and make sure the writer thread hears about it.
+        """Disconnect, make sure the writer thread hears about it, and stop the dispatcher thread.
 
         engineio wakes its writer thread with a ``None`` in the send queue, but ``_reset()`` empties that queue
         right after; on a server-initiated close (``abort=True``, from the reader thread) the writer usually
@@ -148,6 +219,13 @@ class _EngineIOClient(engineio.Client):
         self._server_closed = abort
         super().disconnect(abort=abort, reason=reason)
         self.queue.put(None)
+        dispatcher = self._close_inbox()
+        # With abort=True the reader thread itself is here, and the dispatcher may be waiting for it in a
+        # disconnect of its own: only a caller that waited for the reader waits for the dispatcher too.
+        if dispatcher is not None and not abort and dispatcher is not threading.current_thread():
+            dispatcher.join(DISPATCH_JOIN_TIMEOUT)
+            if dispatcher.is_alive():
+                logger.warning('the Socket.IO dispatcher did not end within %.1f s', DISPATCH_JOIN_TIMEOUT)
 
     def _send_packet(self, pkt: Any) -> None:
         """Send the long-polling CLOSE packet at once instead of through the writer thread.
@@ -210,12 +288,48 @@ class _PromptCloseWebSocket(websocket.WebSocket):
         super().close(status, reason, timeout)
 
 
+#: ``runner(event, args, run, refuse)``: called by the dispatcher thread for each incoming event, in arrival order;
+#: it must call ``run()`` (the handler and its ack) in some other thread, or ``refuse(answer)`` (acks ``answer``).
+EventRunner = Callable[[str, tuple[Any, ...], Callable[[], None], Callable[[Any], None]], None]
+
+
 class _SocketIOClient(socketio.Client):
     #: What the Loop said when it refused the namespace connection (``connect_error``), for the error message.
     refusal: str | None = None
+    #: Where events run (LoopSocket sets it); None: each event in a thread of its own.
+    event_runner: EventRunner | None = None
 
     def _engineio_client_class(self) -> type[engineio.Client]:
         return _EngineIOClient
+
+    def _handle_event(self, namespace: str | None, id: int | None, data: Any) -> None:
+        """Hand the handler call and its ack (python-socketio's own ``_handle_event``) to the event runner.
+
+        Called in the dispatcher thread, which must not wait for a handler: acks of ``call()`` and later events
+        come through it.
+        """
+        if not isinstance(data, list) or not data or not isinstance(data[0], str):
+            super()._handle_event(namespace, id, data)  # malformed: python-socketio reports it as before
+            return
+        handle = super()._handle_event
+
+        def run() -> None:
+            try:
+                handle(namespace, id, data)
+            except Exception:
+                logger.exception('handling the event %r failed', data[0])
+
+        def refuse(answer: Any) -> None:
+            if id is not None:
+                self._send_packet(
+                    self.packet_class(socketio.packet.ACK, namespace=namespace or '/', id=id, data=[answer])
+                )
+
+        runner = self.event_runner
+        if runner is None:
+            threading.Thread(target=run, name='llnode-sio-event', daemon=True).start()
+        else:
+            runner(data[0], tuple(data[1:]), run, refuse)
 
 
 @dataclasses.dataclass(eq=False)
@@ -228,12 +342,64 @@ class _PendingCall:
     lost: str | None = None
 
 
+class _Lanes:
+    """Per-key queues of event runs: runs with one key go one after another, in the order they were submitted.
+
+    A lane's thread starts with its first run and ends when the lane's queue is empty. ``_lock`` guards the
+    queues and the closed flag; the threads only take it between two runs.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._waiting: dict[Hashable, collections.deque[Callable[[], None]]] = {}
+        self._closed = False
+
+    def submit(self, key: Hashable, run: Callable[[], None]) -> str | None:
+        """Run ``run`` in ``key``'s lane once the runs before it are done; why not, or None when accepted."""
+        with self._lock:
+            if self._closed:
+                return 'the Loop socket is closed'
+            waiting = self._waiting.get(key)
+            if waiting is not None:
+                if len(waiting) >= self.capacity:
+                    return f'{len(waiting)} events wait in their lane already'
+                waiting.append(run)
+                return None
+            self._waiting[key] = collections.deque()  # the lane is busy: the thread below runs ``run`` now
+        threading.Thread(target=self._drain, args=(key, run), name='llnode-sio-lane', daemon=True).start()
+        return None
+
+    def close(self) -> int:
+        """Drop every waiting run (running ones finish) and refuse new ones; returns how many were dropped."""
+        with self._lock:
+            self._closed = True
+            dropped = sum(len(waiting) for waiting in self._waiting.values())
+            for waiting in self._waiting.values():
+                waiting.clear()
+        return dropped
+
+    def _drain(self, key: Hashable, run: Callable[[], None]) -> None:
+        while True:
+            try:
+                run()
+            except Exception:
+                logger.exception('an event in lane %r failed', key)
+            with self._lock:
+                waiting = self._waiting[key]
+                if not waiting:
+                    del self._waiting[key]
+                    return
+                run = waiting.popleft()
+
+
 class LoopSocket:
     """The Socket.IO link of a trainer or annotator to its Loop.
 
     Owns its locks: ``_connect_lock`` serialises the reconnect procedure, ``_state_lock`` guards the current
-    client, the broken flag, the backoff state, the handler table and the pending calls, ``_emit_lock`` keeps
-    multi-packet emits from interleaving.
+    client, the broken flag, the backoff state, the handler and lane tables and the pending calls, ``_emit_lock``
+    keeps multi-packet emits from interleaving. The lanes (:class:`_Lanes`, with a lock of their own) belong to the
+    socket, not to one client, so one lane's order holds across a reconnect.
     """
 
     def __init__(
@@ -275,6 +441,8 @@ class LoopSocket:
         self._http: requests.Session | None = None
         self._broken = False
         self._handlers: dict[str, Callable[..., Any]] = {}
+        self._lane_functions: dict[str, LaneFunction] = {}
+        self._lanes = _Lanes(LANE_CAPACITY)
         self._pending: set[_PendingCall] = set()
         self._attempts = 0
         self._failures = 0
@@ -312,20 +480,36 @@ class LoopSocket:
             sio = self._sio if self._is_connected_locked() else None
         return sio.transport() if sio is not None else None
 
-    def on(self, event: str, handler: Callable[..., Any]) -> None:
+    def on(self, event: str, handler: Callable[..., Any], *, lane: LaneFunction | None = None) -> None:
         """Handle ``event`` from the Loop; the return value becomes the ack envelope (see :func:`envelope`).
 
         Works before and after ``connect()``; the handler is registered on every client built later. Handlers
         for ``connect``, ``disconnect`` and ``connect_error`` are called after the link's own bookkeeping, with
         the raw arguments, and their return value is ignored.
+
+        Without ``lane`` each event runs in a thread of its own. ``lane`` is called with the event's arguments as
+        the event arrives and returns a hashable key or None: events with the same key (of any event name) run
+        one after another in the order they arrived, in one thread; with None the event runs in a thread of its
+        own; a lane function that raises is logged and the event runs without a lane. It must be quick: the
+        next packets wait for it. At most :data:`LANE_CAPACITY` events wait in a lane; one more is refused (an
+        ack with ``success: false`` when the Loop asked for one).
         """
         if not isinstance(event, str) or not event:
             raise ValueError(f'event must be a non-empty string, got {event!r}')
         if not callable(handler):
             raise TypeError(f'handler for {event!r} must be callable, got {type(handler).__name__}')
+        if lane is not None:
+            if not callable(lane):
+                raise TypeError(f'lane for {event!r} must be callable or None, got {type(lane).__name__}')
+            if event in INTERNAL_EVENTS:
+                raise ValueError(f'{event!r} is an event of the link itself; it takes no lane')
         with self._state_lock:
             known = event in self._handlers
             self._handlers[event] = handler
+            if lane is None:
+                self._lane_functions.pop(event, None)
+            else:
+                self._lane_functions[event] = lane
             sio = self._sio
         if sio is not None and not known and event not in INTERNAL_EVENTS:
             sio.on(event, self._dispatcher(event))
@@ -428,9 +612,15 @@ class LoopSocket:
         return pending.ack
 
     def close(self, timeout: float = 5.0) -> None:
-        """Disconnect and stop; returns within about ``timeout`` seconds. Idempotent."""
+        """Disconnect and stop; returns within about ``timeout`` seconds. Idempotent.
+
+        Events waiting in lanes are dropped; handlers that run already finish in their threads.
+        """
         deadline = time.monotonic() + timeout
         self._closed.set()
+        dropped = self._lanes.close()
+        if dropped:
+            logger.info('%d Loop event(s) waiting in lanes dropped: the Loop socket is closed', dropped)
         with self._state_lock:
             sio, http = self._sio, self._http
             self._sio, self._http = None, None
@@ -545,6 +735,7 @@ class LoopSocket:
             websocket_extra_options={'class_': _PromptCloseWebSocket},
             **socketio_loggers('llnode.loop.socket'),
         )
+        sio.event_runner = self._run_event
         sio.on('connect', self._internal('connect', sio))
         sio.on('disconnect', self._internal('disconnect', sio))
         sio.on('connect_error', self._internal('connect_error', sio))
@@ -599,6 +790,29 @@ class LoopSocket:
                     logger.exception('%s handler failed', event)
 
         return handle
+
+    def _run_event(
+        self, event: str, args: tuple[Any, ...], run: Callable[[], None], refuse: Callable[[Any], None]
+    ) -> None:
+        """Start one incoming event in its lane or a thread of its own (a client's dispatcher thread calls it)."""
+        with self._state_lock:
+            lane = self._lane_functions.get(event)
+        key: Hashable | None = None
+        if lane is not None:
+            try:
+                key = lane(*args)
+                hash(key)
+            except Exception:
+                logger.exception('the lane function of %r failed; the event runs without a lane', event)
+                key = None
+        if key is None:
+            threading.Thread(target=run, name='llnode-sio-event', daemon=True).start()
+            return
+        problem = self._lanes.submit(key, run)
+        if problem is not None:
+            message = f'{event!r} refused: {problem}'
+            logger.warning('Loop event %s (lane %r)', message, key)
+            refuse({'success': False, 'error_msg': message, 'payload': None})
 
     def _dispatcher(self, event: str) -> Callable[..., Any]:
         def dispatch(*args: Any) -> dict[str, Any] | None:

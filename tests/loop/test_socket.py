@@ -1,4 +1,5 @@
-"""LoopSocket against real Socket.IO servers on 127.0.0.1: handshake, ack envelope, calls, reconnects, backoff."""
+"""LoopSocket against real Socket.IO servers on 127.0.0.1: handshake, ack envelope, calls, event order and lanes,
+reconnects, backoff."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from llnode.localloop import LocalLoop
 from llnode.localloop.sockets import NodeHub
 from llnode.loop.errors import LoopAuthError, LoopConnectionError, LoopTimeout
 from llnode.loop.http import LoopClient
-from llnode.loop.socket import LoopSocket, envelope
+from llnode.loop.socket import LANE_CAPACITY, LoopSocket, envelope
 from tests.polling import wait_for
 
 DEADLINE = 10.0
@@ -506,6 +507,257 @@ def test_emit_and_call_when_not_connected(loop: FakeLoop, make_socket: Callable[
         sock.emit('x')
     with pytest.raises(LoopConnectionError):
         sock.call('x', timeout=1)
+
+
+# ---------------------------------------------------------------------------------------------- order and lanes
+
+
+def work(n: int) -> None:
+    """A handler's work, of a length that varies from event to event (0-2 ms; not a wait for anything)."""
+    time.sleep((n * 7 % 3) / 1000)
+
+
+class Recorder:
+    """What handlers saw, guarded by a lock: ``record(entry)`` from any thread, ``entries()`` for the test."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[Any] = []
+
+    def record(self, entry: Any) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def entries(self) -> list[Any]:
+        with self._lock:
+            return list(self._entries)
+
+    def record_and_key(self, entry: Any, key: Hashable) -> Hashable:
+        """For lane functions: record the event's arrival, answer its lane key."""
+        self.record(entry)
+        return key
+
+
+def received(recorder: Recorder, count: int) -> Callable[[], bool]:
+    return lambda: len(recorder.entries()) >= count
+
+
+@pytest.mark.parametrize('transports', [['polling'], ['websocket']])
+def test_events_of_one_lane_run_in_arrival_order(
+    loop: FakeLoop, make_socket: Callable[..., LoopSocket], transports: list[str]
+) -> None:
+    sock = make_socket(loop.settings(), transports=transports)
+    seen = Recorder()
+
+    def handle(n: int, blob: bytes | None) -> None:
+        work(n)
+        seen.record((n, blob, threading.current_thread().name))
+
+    sock.on('seq', handle, lane=lambda n, blob: 'one')
+    sock.connect()
+    sid = loop.last_sid()
+    count = 200
+    expected = [(n, bytes([n % 256]) * 3 if n % 3 == 0 else None) for n in range(count)]
+    # Back to back, in bursts a lane can hold (LANE_CAPACITY); every third one is a binary packet with an
+    # attachment. engineio's client drops a long-polling connection whose answer holds more than 16 packets, so
+    # over polling the bursts are of 5 events (one answer each).
+    burst = 5 if transports == ['polling'] else 50
+    for start in range(0, count, burst):
+        for n, blob in expected[start : start + burst]:
+            loop.sio.emit('seq', (n, blob), to=sid)
+        wait_for(received(seen, min(start + burst, count)), what=f'events {start} and on')
+    assert [(n, blob) for n, blob, _ in seen.entries()] == expected
+    assert {thread for _, _, thread in seen.entries()} <= {'llnode-sio-lane'}
+
+
+def test_each_lane_keeps_its_own_order(loop: FakeLoop, make_socket: Callable[..., LoopSocket]) -> None:
+    sock = make_socket(loop.settings())
+    seen = Recorder()
+
+    def handle(key: str, n: int) -> None:
+        work(n)
+        seen.record((key, n))
+
+    sock.on('keyed', handle, lane=lambda key, n: key)
+    sock.on('also_keyed', handle, lane=lambda key, n: key)
+    sock.connect()
+    sid = loop.last_sid()
+    count = 60  # per key: a lane holds them all (LANE_CAPACITY)
+    for n in range(count):
+        for key in ('a', 'b'):  # two events, and two event names sharing each key's lane
+            loop.sio.emit('keyed' if n % 2 else 'also_keyed', (key, n), to=sid)
+    wait_for(lambda: len(seen.entries()) == 2 * count, what='every event')
+    for key in ('a', 'b'):
+        assert [n for k, n in seen.entries() if k == key] == list(range(count))
+
+
+def test_events_without_a_lane_still_run_side_by_side(loop: FakeLoop, make_socket: Callable[..., LoopSocket]) -> None:
+    sock = make_socket(loop.settings())
+    second_ran = threading.Event()
+
+    def first() -> str:
+        # Answers only once the event sent after it has run: a deadlock (or serial handling) fails the bound.
+        return 'saw second' if second_ran.wait(DEADLINE) else 'second never ran'
+
+    def second() -> str:
+        second_ran.set()
+        return 'second done'
+
+    sock.on('first', first, lane=lambda: None)  # a lane function answering None: no lane
+    sock.on('second', second)
+    sock.connect()
+    sid = loop.last_sid()
+    acks: dict[str, Any] = {}
+    loop.sio.emit('first', to=sid, callback=lambda answer: acks.__setitem__('first', answer))
+    loop.sio.emit('second', to=sid, callback=lambda answer: acks.__setitem__('second', answer))
+    wait_for(lambda: len(acks) == 2, timeout=DEADLINE + 5, what='both acks')
+    assert acks == {
+        'first': {'success': True, 'error_msg': None, 'payload': 'saw second'},
+        'second': {'success': True, 'error_msg': None, 'payload': 'second done'},
+    }
+
+
+@pytest.mark.parametrize('lane', [None, 'k'])
+def test_a_handler_may_call_the_loop(loop: FakeLoop, make_socket: Callable[..., LoopSocket], lane: str | None) -> None:
+    sock = make_socket(loop.settings())
+    # The Loop's ack of the handler's own call comes through the dispatcher while the handler waits for it.
+    sock.on('ask', lambda value: sock.call('echo', value, timeout=5)['payload'][0], lane=lambda value: lane)
+    sock.connect()
+    sid = loop.last_sid()
+    answers = [loop.sio.call('ask', f'question {n}', to=sid, timeout=DEADLINE) for n in range(3)]
+    assert answers == [{'success': True, 'error_msg': None, 'payload': f'question {n}'} for n in range(3)]
+
+
+def test_a_full_lane_refuses_with_the_error_envelope(
+    loop: FakeLoop, make_socket: Callable[..., LoopSocket], caplog: pytest.LogCaptureFixture
+) -> None:
+    sock = make_socket(loop.settings())
+    gate = threading.Event()
+    arrived = Recorder()
+    ran = Recorder()
+
+    def handler(n: int) -> bool:
+        ran.record(n)
+        return gate.wait(DEADLINE)
+
+    def lane(n: int) -> str:
+        arrived.record(n)
+        return 'busy'
+
+    sock.on('work', handler, lane=lane)
+    sock.connect()
+    sid = loop.last_sid()
+    acks: dict[int, Any] = {}
+
+    def emit(n: int) -> None:
+        loop.sio.emit('work', n, to=sid, callback=lambda answer: acks.__setitem__(n, answer))
+
+    try:
+        emit(0)
+        wait_for(lambda: ran.entries() == [0], what='the first event to hold the lane')
+        for n in range(1, LANE_CAPACITY + 1):
+            emit(n)
+        wait_for(lambda: len(arrived.entries()) == LANE_CAPACITY + 1, what='a full lane')
+        refused = LANE_CAPACITY + 1
+        emit(refused)
+        wait_for(lambda: refused in acks, what='the refusal')  # at once, while the lane is still held
+        assert acks == {
+            refused: {
+                'success': False,
+                'error_msg': f"'work' refused: {LANE_CAPACITY} events wait in their lane already",
+                'payload': None,
+            }
+        }
+        assert "'work' refused" in caplog.text
+    finally:
+        gate.set()
+    wait_for(lambda: len(acks) == LANE_CAPACITY + 2, what='every other ack')
+    assert ran.entries() == list(range(LANE_CAPACITY + 1))
+    assert all(acks[n] == {'success': True, 'error_msg': None, 'payload': None} for n in range(LANE_CAPACITY + 1))
+
+
+def test_a_failing_lane_function_is_logged_and_the_event_runs_without_a_lane(
+    loop: FakeLoop, make_socket: Callable[..., LoopSocket], caplog: pytest.LogCaptureFixture
+) -> None:
+    sock = make_socket(loop.settings())
+
+    def lane(value: Any) -> Any:
+        if value == 'boom':
+            raise KeyError('no key for this one')
+        return value  # a list is no key either
+
+    sock.on('keyed', lambda value: threading.current_thread().name, lane=lane)
+    sock.connect()
+    sid = loop.last_sid()
+    assert loop.sio.call('keyed', 'boom', to=sid, timeout=5)['payload'] == 'llnode-sio-event'
+    assert loop.sio.call('keyed', ['un', 'hashable'], to=sid, timeout=5)['payload'] == 'llnode-sio-event'
+    assert loop.sio.call('keyed', 'fine', to=sid, timeout=5)['payload'] == 'llnode-sio-lane'
+    assert caplog.text.count("the lane function of 'keyed' failed") == 2
+
+
+def test_lane_arguments_are_checked(loop: FakeLoop, make_socket: Callable[..., LoopSocket]) -> None:
+    sock = make_socket(loop.settings())
+    with pytest.raises(TypeError, match='lane'):
+        sock.on('x', lambda: None, lane='key')  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match='takes no lane'):
+        sock.on('disconnect', lambda *args: None, lane=lambda *args: 'k')
+
+
+def test_a_lane_keeps_its_order_across_a_reconnect(loop: FakeLoop, make_socket: Callable[..., LoopSocket]) -> None:
+    sock = make_socket(loop.settings(), backoff_initial=0.1)
+    gate = threading.Event()
+    arrived = Recorder()
+    ran = Recorder()
+
+    def handler(n: int) -> None:
+        ran.record(n)
+        if n == 0:
+            gate.wait(DEADLINE)
+
+    sock.on('work', handler, lane=lambda n: arrived.record_and_key(n, 'k'))
+    sock.connect()
+    first_sid = loop.last_sid()
+    try:
+        loop.sio.emit('work', 0, to=first_sid)
+        wait_for(lambda: ran.entries() == [0], what='the first event to hold the lane')
+        sock.mark_broken('test: a new connection')
+        wait_for(sock.ensure_connected, what='the reconnect')
+        assert loop.last_sid() != first_sid
+        loop.sio.emit('work', 1, to=loop.last_sid())
+        wait_for(lambda: arrived.entries() == [0, 1], what='the second event to arrive on the new connection')
+        assert ran.entries() == [0]  # it waits behind the one the old connection brought
+    finally:
+        gate.set()
+    wait_for(lambda: ran.entries() == [0, 1], what='the second event to run')
+
+
+def test_close_drops_waiting_lane_events_and_leaves_no_thread(
+    loop: FakeLoop, make_socket: Callable[..., LoopSocket]
+) -> None:
+    before = set(socket_threads())
+    sock = make_socket(loop.settings())
+    gate = threading.Event()
+    arrived = Recorder()
+    ran = Recorder()
+
+    def handler(n: int) -> None:
+        ran.record(n)
+        gate.wait(DEADLINE)
+
+    sock.on('work', handler, lane=lambda n: arrived.record_and_key(n, 'k'))
+    sock.connect()
+    sid = loop.last_sid()
+    try:
+        for n in range(5):
+            loop.sio.emit('work', n, to=sid)
+        wait_for(lambda: len(arrived.entries()) == 5 and ran.entries() == [0], what='four events waiting')
+        started = time.monotonic()
+        sock.close(timeout=2)
+        assert time.monotonic() - started < 3
+    finally:
+        gate.set()  # the running handler ends on its own; the waiting ones were dropped
+    wait_for(lambda: not socket_threads(before), timeout=5, what='the socket threads to end')
+    assert ran.entries() == [0]
 
 
 # ---------------------------------------------------------------------------------------------- reconnect
