@@ -41,7 +41,7 @@ from llnode.node.wsmask import install as install_numpy_unmasking
 
 if TYPE_CHECKING:
     from llnode.loop.http import LoopClient
-    from llnode.loop.socket import LoopSocket
+    from llnode.loop.socket import LaneFunction, LoopSocket
 
 logger = logging.getLogger('llnode.node')
 
@@ -139,9 +139,9 @@ class Node:
         self._link_lock = threading.Lock()
         self._loop_client: LoopClient | None = None
         self._loop_socket: LoopSocket | None = None
-        self._loop_handlers: dict[str, Callable[..., Any]] = {}
+        self._loop_handlers: dict[str, tuple[Callable[..., Any], LaneFunction | None]] = {}
         if self.needs_loop_socket:
-            self._loop_handlers['restart'] = self._on_loop_restart
+            self._loop_handlers['restart'] = (self._on_loop_restart, None)
 
         self._app_lock = threading.Lock()
         self._flask_app: Flask | None = None
@@ -295,19 +295,30 @@ class Node:
         self._repeat.unmute()
         logger.info('%s: unmuted', self._name)
 
-    def handle_loop_event(self, event: str, handler: Callable[..., Any]) -> None:
-        """Handle ``event`` from the Loop on every Loop socket this node builds (its return value is the ack)."""
+    def handle_loop_event(self, event: str, handler: Callable[..., Any], *, lane: LaneFunction | None = None) -> None:
+        """Handle ``event`` from the Loop on every Loop socket this node builds (its return value is the ack).
+
+        ``lane`` orders events as :meth:`LoopSocket.on <llnode.loop.socket.LoopSocket.on>` describes: it maps an
+        event's arguments to a key, and events with the same key run one after another in arrival order.
+        """
         if not self.needs_loop_socket:
             raise RuntimeError(f'{type(self).__name__} has no Loop socket (needs_loop_socket is False)')
         if not isinstance(event, str) or not event:
             raise ValueError(f'event must be a non-empty string, got {event!r}')
         if not callable(handler):
             raise TypeError(f'handler for {event!r} must be callable')
+        if lane is not None:
+            from llnode.loop.socket import INTERNAL_EVENTS
+
+            if not callable(lane):
+                raise TypeError(f'lane for {event!r} must be callable or None')
+            if event in INTERNAL_EVENTS:
+                raise ValueError(f'{event!r} is an event of the Loop socket itself; it takes no lane')
         with self._link_lock:
-            self._loop_handlers[event] = handler
+            self._loop_handlers[event] = (handler, lane)
             link = self._loop_socket
             if link is not None:
-                link.on(event, handler)
+                link.on(event, handler, lane=lane)
 
     def readiness_problem(self) -> str | None:
         """Why the node is not ready (for ``GET /readyz``), or None when it is."""
@@ -507,8 +518,8 @@ class Node:
         if self._loop_client is None:
             raise RuntimeError('the Loop client is not created yet')
         link = self._loop_socket_factory(self._loop_client, self.node_type)
-        for event, handler in self._loop_handlers.items():
-            link.on(event, handler)
+        for event, (handler, lane) in self._loop_handlers.items():
+            link.on(event, handler, lane=lane)
         return link
 
     def _on_loop_restart(self, *args: Any) -> None:

@@ -107,12 +107,14 @@ class FakeLoopSocket:
         self.client = client
         self.node_type = node_type
         self.handlers: dict[str, Callable[..., Any]] = {}
+        self.lanes: dict[str, Callable[..., Any] | None] = {}
         self.connected = False
         self.closed = False
         self.attempts = 0
 
-    def on(self, event: str, handler: Callable[..., Any]) -> None:
+    def on(self, event: str, handler: Callable[..., Any], *, lane: Callable[..., Any] | None = None) -> None:
         self.handlers[event] = handler
+        self.lanes[event] = lane
 
     def ensure_connected(self) -> bool:
         if self.closed:
@@ -217,7 +219,11 @@ def test_socketio_off_closes_the_link_and_on_builds_a_new_one(
         loop_client_factory=make_client,
         loop_socket_factory=make_socket,
     )
-    node.handle_loop_event('stop_training', lambda: True)
+
+    def lane(*args: Any) -> str:
+        return 'training'
+
+    node.handle_loop_event('stop_training', lambda: True, lane=lane)
     served = serve(node, 'werkzeug')
     wait_for(lambda: sockets[0].connected, what='the first link')
     assert requests.get(f'{served.url}/readyz', timeout=5).status_code == 200
@@ -230,6 +236,7 @@ def test_socketio_off_closes_the_link_and_on_builds_a_new_one(
     assert requests.put(f'{served.url}/socketio', data='on', timeout=5).json() == 'on'
     wait_for(lambda: len(sockets) == 2 and sockets[1].connected, what='a new link after unmute')
     assert set(sockets[1].handlers) == {'restart', 'stop_training'}  # handlers survive the rebuild
+    assert sockets[1].lanes == {'restart': None, 'stop_training': lane}  # and so do their lanes
     assert len(clients) == 1  # the HTTP client is kept
     assert served.stop() == 0
     assert sockets[1].closed and clients[0].closed
