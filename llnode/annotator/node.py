@@ -7,9 +7,11 @@ result with an annotation is first sent as ``update_segmentation_annotation(orga
 ``user_logout(frontend_id)`` drops the history and answers the tool's ``logout_user`` as ``success``;
 ``update_annotation_node`` goes out every repeat cycle. What differs: the status carries the real uptime and the
 capabilities the tool declares (the reference sends 0 and a hard-coded list), a history is created once per reset
-(not on every event), one frontend's events reach the tool one at a time and in order while other frontends run
-side by side, an image is downloaded once however many events ask for it at the same moment, and an annotation
-the Loop did not take is reported to the frontend instead of being dropped silently.
+(not on every event), one frontend's events reach the tool one at a time and in the order the Loop sent them (its
+``handle_user_input`` and ``user_logout`` events share a lane of the Loop socket, see
+:meth:`~llnode.loop.socket.LoopSocket.on`) while other frontends run side by side, an image is downloaded once
+however many events ask for it at the same moment, and an annotation the Loop did not take is reported to the
+frontend instead of being dropped silently.
 """
 
 from __future__ import annotations
@@ -61,9 +63,11 @@ class AnnotatorNode(Node):
 
     ``logic`` is an :class:`~llnode.annotator.logic.AnnotatorLogic` (one node per logic object). Settings default
     to ``Settings.from_env()``; images are kept below ``settings.data_folder``. ``repeat_interval`` is the time
-    between two status reports (5 s as the reference). Per frontend, at most ``max_pending_events`` events wait
-    for their turn, each at most ``turn_timeout`` seconds; a frontend without events for ``history_timeout``
-    seconds loses its history (None: only Escape and logout reset it).
+    between two status reports (5 s as the reference). Events from the Loop wait in their frontend's lane of the
+    Loop socket (at most :data:`~llnode.loop.socket.LANE_CAPACITY`); per frontend, at most ``max_pending_events``
+    events (also direct calls of :meth:`handle_user_input`) wait for their turn at the tool, each at most
+    ``turn_timeout`` seconds; a frontend without events for ``history_timeout`` seconds loses its history (None:
+    only Escape and logout reset it).
     """
 
     node_type = 'annotation_node'
@@ -104,8 +108,9 @@ class AnnotatorNode(Node):
         logic._node = self
         # One call into a tool that is not thread-safe at a time (owned by _tool_call).
         self._tool_lock = threading.Lock()
-        self.handle_loop_event('handle_user_input', self._on_handle_user_input)
-        self.handle_loop_event('user_logout', self._on_user_logout)
+        # One lane per frontend: its input and its logout reach the node in the order the Loop sent them.
+        self.handle_loop_event('handle_user_input', self._on_handle_user_input, lane=_user_input_lane)
+        self.handle_loop_event('user_logout', self._on_user_logout, lane=_logout_lane)
 
     # ------------------------------------------------------------------ public API
 
@@ -272,6 +277,22 @@ class AnnotatorNode(Node):
         if client is None:
             raise LoopConnectionError('the annotator is not running (no Loop client)')
         return DataExchange(client, max_workers=1, organization=organization, project=project)
+
+
+def _user_input_lane(*args: Any) -> tuple[str, str] | None:
+    """The lane of a ``handle_user_input`` event: its frontend's; None for a malformed one (its handler says why)."""
+    if len(args) == 1 and isinstance(args[0], dict):
+        frontend_id = args[0].get('frontend_id')
+        if isinstance(frontend_id, str):
+            return ('frontend', frontend_id)
+    return None
+
+
+def _logout_lane(*args: Any) -> tuple[str, str] | None:
+    """The lane of a ``user_logout(frontend_id)`` event: the same as that frontend's input."""
+    if len(args) == 1 and isinstance(args[0], str):
+        return ('frontend', args[0])
+    return None
 
 
 def _failure(message: str) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """Per-frontend sessions of the annotator: each frontend's history, and its events handled one at a time, in order.
 
-Every Socket.IO event from the Loop runs in a thread of its own (see :mod:`llnode.loop.socket`), so events of one
-frontend can reach the node at the same time. A session hands out *turns*: a thread waits in the frontend's
-queue until the events before it are done, so the tool sees one frontend's events one after another in the
-order they reached the node, while different frontends run side by side. The queue is bounded (a tool slower
-than the mouse must not pile up threads) and a wait is bounded too; :meth:`FrontendSessions.close` wakes every
-waiter at once.
+The node's Loop socket already hands it one frontend's events one after another, in the order the Loop sent them
+(one lane per frontend, see :meth:`llnode.loop.socket.LoopSocket.on`), but ``handle_user_input`` and
+``user_logout`` may also be called from other threads. A session hands out *turns*: a thread waits in the
+frontend's queue until the events before it are done, so the tool sees one frontend's events one after another
+in the order they reached the session, while different frontends run side by side. The queue is bounded (a tool
+slower than its callers must not pile up threads) and a wait is bounded too; :meth:`FrontendSessions.close` wakes
+every waiter at once.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ events ``begin_training``, ``stop_training`` and ``abort_training`` with the usu
 every repeat cycle with the exact ``TrainingStatus``, ``update_training`` with ``TrainingOut`` for new best
 states, the checkpoint ``last_training__{uuid}.json``. What differs is how it holds up (Appendix C 11-17): a
 second ``begin_training`` is refused, retries back off and end, a corrupt checkpoint is moved aside and
-reported, uploads and detections resume without repeating what the Loop has, and nothing calls ``sys.exit``:
+reported, uploads and detections resume without repeating what the Loop has, the three training events are
+handled one after another in the order the Loop sent them, and nothing calls ``sys.exit``:
 ``RESTART_AFTER_TRAINING`` and ``TRAINER_IDLE_TIMEOUT_SEC`` end ``run()``/``serve()`` with exit code 0.
 
 Use it from code as well: :meth:`TrainerNode.begin_training`, :meth:`stop_training`, :meth:`abort_training` and
@@ -50,6 +51,13 @@ WORKER_STOP_TIMEOUT = 10.0
 
 #: How long the backdoor ``/reset`` waits for an aborted training to be cleaned up.
 RESET_TIMEOUT = 30.0
+
+#: The Loop socket lane of ``begin_training``, ``stop_training`` and ``abort_training``: handled in arrival order.
+TRAINING_LANE = 'training'
+
+
+def _training_lane(*args: Any) -> str:
+    return TRAINING_LANE
 
 
 class TrainerNode(Node):
@@ -122,9 +130,11 @@ class TrainerNode(Node):
         self._status_lock = threading.Lock()  # guards _reported_state and _idle_since
         self._reported_state: str | None = None
         self._idle_since: float | None = None
-        self.handle_loop_event('begin_training', self._on_begin_training)
-        self.handle_loop_event('stop_training', self._on_stop_training)
-        self.handle_loop_event('abort_training', self._on_abort_training)
+        # One lane: a stop or abort sent right after begin_training finds the training begun (the handlers only
+        # hand the work to the training worker, so they return at once).
+        self.handle_loop_event('begin_training', self._on_begin_training, lane=_training_lane)
+        self.handle_loop_event('stop_training', self._on_stop_training, lane=_training_lane)
+        self.handle_loop_event('abort_training', self._on_abort_training, lane=_training_lane)
 
     # ------------------------------------------------------------------ public API
 

@@ -25,6 +25,7 @@ from tests.annotator.support import (
     ok,
     user_input,
 )
+from tests.conftest import SMALL_DEMO_IMAGES
 from tests.linked_nodes import wait_connected
 from tests.node.conftest import new_threads_gone
 from tests.polling import wait_for
@@ -113,36 +114,45 @@ def test_user_logout_drops_the_history_and_answers_the_tools_verdict(
     assert logic.logged_out == ['a', 'a', 'never-seen']
 
 
-def test_one_frontends_events_run_one_at_a_time_in_the_order_they_came(
-    local_loop: LocalLoop, make_annotator: Callable[..., AnnotatorNode]
+def test_one_frontends_events_reach_the_tool_in_the_order_the_loop_sent_them(
+    make_local_loop: Callable[..., LocalLoop], make_annotator: Callable[..., AnnotatorNode]
 ) -> None:
+    # WebSocket: the events go back to back (engineio's long-polling client takes at most 16 packets per answer).
+    loop = make_local_loop(demo=True, demo_images=SMALL_DEMO_IMAGES, websocket=True)
     logic = RecordingLogic(thread_safe=True)
     logic.gate, logic.gate_x = threading.Event(), 0
-    node = make_annotator(local_loop, logic)
-    image, cat = demo_image(local_loop), category(local_loop)
-    sid = local_loop.hub.resolve(node.uuid)  # type: ignore[union-attr]
-    acks: dict[int, Any] = {}
+    node = make_annotator(loop, logic)
+    image, cat = demo_image(loop), category(loop)
+    sid = loop.hub.resolve(node.uuid)  # type: ignore[union-attr]
+    acks: dict[tuple[str, int], Any] = {}
 
-    def emit(x: int) -> None:
+    def emit(event: str, frontend: str, x: int) -> None:
         def on_ack(*answer: Any) -> None:
-            acks[x] = answer[0] if answer else None
+            acks[(frontend, x)] = answer[0] if answer else None
 
-        event = user_input('a', 'mouse_move', image['id'], cat, x=x)
-        local_loop.sio.emit('handle_user_input', event, to=sid, callback=on_ack)
+        data = user_input(frontend, 'mouse_move', image['id'], cat, x=x) if event == 'handle_user_input' else frontend
+        loop.sio.emit(event, data, to=sid, callback=on_ack)
 
-    def queued(count: int) -> Callable[[], bool]:
-        return lambda: node.sessions.queued('a') == count
-
-    emit(0)
+    # Frontend a: 20 inputs with a logout in the middle, the first held in the tool; frontend b in between.
+    for x in range(20):
+        if x == 10:
+            emit('user_logout', 'a', -1)
+        emit('handle_user_input', 'a', x)
+        if x % 2:
+            emit('handle_user_input', 'b', 100 + x)
     assert logic.entered.wait(10), 'the first event never reached the tool'
-    for x in range(1, 6):  # each waits behind the held one; emitted once the one before is queued
-        emit(x)
-        wait_for(queued(x + 1), what=f'event {x} to wait for its turn')
-    assert acks == {}
+    b_inputs = [100 + x for x in range(1, 20, 2)]
+    wait_for(lambda: all(('b', x) in acks for x in b_inputs), what="frontend b's answers beside the held event")
+    assert not [key for key in acks if key[0] == 'a']  # all of a's events wait behind the held one
     logic.gate.set()
-    wait_for(lambda: len(acks) == 6, what='every ack')
-    assert [x for frontend, _, x in logic.seen if frontend == 'a'] == [0, 1, 2, 3, 4, 5]
-    assert [acks[x] for x in range(6)] == [ok(f'<text>{n}</text>') for n in range(1, 7)]
+    wait_for(lambda: len(acks) == 31, what='every ack')
+
+    assert [x for frontend, _, x in logic.seen if frontend == 'a'] == list(range(20))
+    assert logic.logged_out == ['a']
+    # The logout came between inputs 9 and 10: the history counts 1-10 before it and starts afresh after it.
+    assert [acks[('a', x)] for x in range(20)] == [ok(f'<text>{n}</text>') for n in [*range(1, 11), *range(1, 11)]]
+    assert acks[('a', -1)] == ok()
+    assert [acks[('b', x)] for x in b_inputs] == [ok(f'<text>{n}</text>') for n in range(1, 11)]
     assert logic.most_active['a'] == 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from llnode.localloop import LocalLoop
 from llnode.trainer import TrainerNode
@@ -72,6 +73,26 @@ def test_abort_while_running_discards_the_training(
     assert accepted_detection_posts(local_loop) == []
     assert not node.machine.checkpoint.exists()
     assert node.status().state == 'idle'
+
+
+def test_stop_and_abort_sent_back_to_back_are_handled_in_that_order(
+    local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]
+) -> None:
+    logic = ScriptedLogic(forever=True)
+    node = make_trainer(local_loop, logic)
+    begin(local_loop, node)
+    wait_for(logic.training.is_set, what='the training to run')
+    sid = local_loop.hub.resolve(node.uuid)  # type: ignore[union-attr]
+    acks: list[tuple[str, Any]] = []
+    for event in ('stop_training', 'abort_training'):  # one lane: the stop finds the training running
+        local_loop.sio.emit(event, to=sid, callback=lambda *answer, event=event: acks.append((event, answer)))
+    wait_for(lambda: len(acks) == 2, what='both acks')
+    wait_idle(node, timeout=5)
+    assert [call for call in logic.calls if call in ('stop', 'abort')] == ['stop', 'abort']
+    assert sorted(acks) == [
+        (event, ({'success': True, 'error_msg': None, 'payload': None},))
+        for event in ('abort_training', 'stop_training')
+    ]
 
 
 def test_abort_during_a_retry_back_off_ends_at_once(
