@@ -68,6 +68,13 @@ JITTER_LOW = 0.75
 #: Events that may wait in one lane behind the one it runs; one more is refused with an error ack.
 LANE_CAPACITY = 64
 
+#: Packets one long-polling answer may carry. The server sends everything it queued in one answer, and engineio's
+#: default of 16 (``engineio.payload.Payload.max_decode_packets``, a class attribute and the only setting there
+#: is) makes the client drop the connection, and the events in it, after a burst of more (an event with a binary
+#: attachment takes two). Raised process-wide when the first Loop socket is built, never lowered; it also bounds
+#: what a client may POST to a node's own Socket.IO server, whose body stays limited to 64 MiB anyway.
+POLLING_MAX_PACKETS = 512
+
 #: How long a disconnect waits for the client's dispatcher thread to finish the packet it is on.
 DISPATCH_JOIN_TIMEOUT = 5.0
 
@@ -736,6 +743,8 @@ class LoopSocket:
             **socketio_loggers('llnode.loop.socket'),
         )
         sio.event_runner = self._run_event
+        payload = engineio.payload.Payload
+        payload.max_decode_packets = max(payload.max_decode_packets, POLLING_MAX_PACKETS)
         sio.on('connect', self._internal('connect', sio))
         sio.on('disconnect', self._internal('disconnect', sio))
         sio.on('connect_error', self._internal('connect_error', sio))
