@@ -113,8 +113,6 @@ class ActiveLearningDemo:
         self.tty = tty
         self.timings = timings or NodeTimings()
         self.stopping = stopping if stopping is not None else threading.Event()
-        #: set once :meth:`shutdown` begins (the command quiets the Socket.IO clients' goodbye races from then on)
-        self.closing = threading.Event()
         self.report = DemoReport(quick=quick, data_folder=str(self.data_dir), plan=plan.to_dict())
         self.loop: LocalLoop | None = None
         self.ui: LoopUI | None = None
@@ -153,7 +151,6 @@ class ActiveLearningDemo:
 
     def shutdown(self) -> None:
         """Stop the nodes, then the Loop; every part within a bounded time. Safe to call more than once."""
-        self.closing.set()
         for served in (self.detector, self.trainer):
             if served is not None:
                 try:

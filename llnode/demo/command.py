@@ -128,20 +128,6 @@ def quiet_waiting_threads() -> None:
         os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 
-class GoodbyeNoise(logging.Filter):
-    """Drops Engine.IO's messages once the demo shuts down: a node's Socket.IO client that disconnects races its
-    own long-poll, so the Loop logs an "Invalid session" error and the client a 400 on every clean shutdown."""
-
-    LOGGERS = ('llnode.localloop.eio', 'llnode.loop.socket.eio')
-
-    def __init__(self, closing: threading.Event) -> None:
-        super().__init__()
-        self.closing = closing
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (self.closing.is_set() and record.name in self.LOGGERS)
-
-
 @contextmanager
 def stop_on_signals(stopping: threading.Event, err: TextIO) -> Iterator[None]:
     """SIGINT/SIGTERM set ``stopping`` (the demo winds down and stops everything); a second one raises
@@ -210,7 +196,6 @@ def demo_main(
     )
     handler = logging.StreamHandler(err)
     handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
-    handler.addFilter(GoodbyeNoise(demo.closing))
     root = logging.getLogger()
     previous_level = root.level
     root.addHandler(handler)

@@ -42,7 +42,7 @@ import requests
 import socketio
 import websocket
 
-from llnode.logs import socketio_loggers
+from llnode.logs import QuietLogger, socketio_loggers
 from llnode.loop.errors import LoopConnectionError, LoopError, LoopTimeout
 
 logger = logging.getLogger('llnode.loop.socket')
@@ -147,6 +147,21 @@ def envelope(value: Any) -> dict[str, Any] | None:
 _STOP_DISPATCH = object()
 
 
+class _ClientLogger(QuietLogger):
+    """An engineio client's logger: INFO as DEBUG (:class:`QuietLogger`), and the one warning that a clean goodbye
+    over long-polling causes as DEBUG too: the server answers the poll that was waiting for it with a 400."""
+
+    def __init__(self, logger: logging.Logger, client: _EngineIOClient) -> None:
+        super().__init__(logger, {})
+        self._client = client
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if self._client.goodbye_sent and isinstance(msg, str) and msg.startswith('Unexpected status code'):
+            self.debug(msg, *args, **kwargs)
+        else:
+            super().warning(msg, *args, **kwargs)
+
+
 class _EngineIOClient(engineio.Client):
     """engineio's threading client with named threads, incoming packets in arrival order, a prompt disconnect.
 
@@ -158,6 +173,8 @@ class _EngineIOClient(engineio.Client):
     """
 
     _server_closed = False
+    #: True once this client posted its long-polling CLOSE (see ``_send_packet``)
+    goodbye_sent = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # ``_inbox_lock`` guards _inbox_open and _dispatch_thread; the inbox itself is a thread-safe queue.
@@ -166,6 +183,9 @@ class _EngineIOClient(engineio.Client):
         self._inbox_open = True
         self._dispatch_thread: threading.Thread | None = None
         super().__init__(*args, **kwargs)
+        current: Any = self.logger  # type: ignore[has-type]
+        base = current.logger if isinstance(current, logging.LoggerAdapter) else current
+        self.logger = _ClientLogger(base, self)
 
     def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
         name = getattr(target, '__name__', 'task').strip('_')
@@ -242,7 +262,8 @@ class _EngineIOClient(engineio.Client):
         returns at the server's next ping (25 s by default), and so does ``disconnect()``. Posting CLOSE here,
         with whatever is still queued before it, lets the server end the long-poll right away.
         """
-        if pkt.packet_type != engineio.packet.CLOSE or self.state != 'connected' or self.current_transport != 'polling':
+        state: str = self.state  # type: ignore[has-type]
+        if pkt.packet_type != engineio.packet.CLOSE or state != 'connected' or self.current_transport != 'polling':
             super()._send_packet(pkt)
             return
         if self._server_closed:
@@ -257,6 +278,11 @@ class _EngineIOClient(engineio.Client):
             if queued is not None:
                 packets.append(queued)
         packets.append(pkt)
+        # The reader's long-poll returns once the server has the CLOSE; were the state still 'connected' it would
+        # poll again with the ended session ("Invalid session" on the server, a 400 here). engineio sets this
+        # state itself right after this method returns.
+        self.state = 'disconnecting'
+        self.goodbye_sent = True
         self._send_request(
             'POST',
             self.base_url,

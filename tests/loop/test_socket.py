@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import itertools
+import logging
 import secrets
 import shutil
 import ssl
@@ -1074,3 +1075,17 @@ def test_reconnects_after_the_local_loop_restarts(
     assert sock.attempts >= 2
     status = {'id': 'trainer-1', 'state': 'idle', 'errors': {}}
     assert sock.call('update_trainer', status)['success'] is True
+
+
+def test_a_clean_close_over_polling_sends_no_poll_after_the_goodbye(
+    loop: FakeLoop, make_socket: Callable[..., LoopSocket], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    for _ in range(10):
+        sock = make_socket(loop.settings(), transports=['polling'])
+        sock.connect()
+        sock.close()
+    # A long-poll sent after the CLOSE would carry a session the Loop has ended: "Invalid session" there. The poll
+    # that was waiting when the CLOSE arrived gets a 400, which is expected: DEBUG, not a warning.
+    assert not [r.getMessage() for r in caplog.records if 'Invalid session' in r.getMessage()]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and '400' in r.getMessage()]
