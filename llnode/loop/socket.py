@@ -416,7 +416,7 @@ class _Lanes:
         while True:
             try:
                 run()
-            except Exception:
+            except BaseException:  # even a handler's sys.exit() must not leave the lane busy for good
                 logger.exception('an event in lane %r failed', key)
             with self._lock:
                 waiting = self._waiting[key]
