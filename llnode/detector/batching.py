@@ -18,6 +18,10 @@ which is what a model swap wants: build the new logic and its worker, switch the
 A logic with ``thread_safe = True`` runs in the caller's thread instead (no worker thread, no batching across
 callers; a client's own batch is still chunked by ``max_batch_size``); ``max_queue`` then bounds the images in
 flight. Pass ``in_caller_thread=False`` to batch a thread-safe logic anyway (e.g. one GPU model).
+
+Counters (:meth:`InferenceWorker.stats`): whoever runs a batch (the worker thread, or a caller's thread in
+caller-thread mode) adds it to the counters under the worker's lock once the logic returned or raised, before any
+caller sees its result, so a caller that got its answer finds its request counted.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -65,8 +70,9 @@ class _Request:
 class InferenceWorker:
     """Runs every inference of one :class:`DetectorLogic`, batching concurrent requests.
 
-    The thread starts in the constructor. All queue state is guarded by ``self._cond``, whose lock this object
-    owns; the logic is only called from the worker thread (or from callers' threads for thread-safe logics).
+    The thread starts in the constructor. All queue state and the counters are guarded by ``self._cond``, whose
+    lock this object owns; the logic is only called from the worker thread (or from callers' threads for
+    thread-safe logics).
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class InferenceWorker:
             raise ValueError(f"{type(logic).__name__} is not thread_safe: it cannot run in the callers' threads")
         self.logic = logic
         self.max_batch_size = max_batch_size
+        self.max_wait_ms = float(max_wait_ms)
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.in_caller_thread = in_caller_thread
@@ -103,6 +110,13 @@ class InferenceWorker:
         self._stop = threading.Event()  # the worker ends once the queue is empty
         self._last_batch_requests = 0  # written by the worker thread only
         self._closed = False
+        # Counters (guarded by _cond), added to once per batch by whoever ran it; see stats().
+        self._requests = 0
+        self._images = 0
+        self._batches = 0
+        self._failed_batches = 0
+        self._largest_batch = 0
+        self._logic_seconds = 0.0
         thread_name = name or f'llnode-inference-{logic.model_info.version}'
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
         if not in_caller_thread:
@@ -130,6 +144,35 @@ class InferenceWorker:
     def is_alive(self) -> bool:
         """Whether the worker thread runs (always False in caller-thread mode)."""
         return self._thread.is_alive()
+
+    def stats(self) -> dict[str, Any]:
+        """What this worker has done since it was created, and its settings (JSON-able).
+
+        ``requests``: client requests that ran (a request whose caller gave up before it started does not count);
+        ``images``: images handed to the logic; ``batches``: calls of the logic (a client batch larger than
+        ``max_batch_size`` is several); ``failed_batches``: calls that raised; ``largest_batch``: the most images
+        in one call (at most ``max_batch_size``); ``logic_seconds``: wall time spent in the logic; ``mean_batch_size``:
+        ``images / batches`` (0.0 before the first batch); ``queued``: images waiting now (in caller-thread mode:
+        being evaluated). When a batch fails, the calls after the failing one do not happen and are not counted.
+        """
+        with self._cond:
+            requests, images, batches = self._requests, self._images, self._batches
+            failed, largest, seconds = self._failed_batches, self._largest_batch, self._logic_seconds
+            queued = self._queued_images
+        return {
+            'requests': requests,
+            'images': images,
+            'batches': batches,
+            'failed_batches': failed,
+            'largest_batch': largest,
+            'logic_seconds': round(seconds, 6),
+            'mean_batch_size': round(images / batches, 3) if batches else 0.0,
+            'queued': queued,
+            'max_batch_size': self.max_batch_size,
+            'max_wait_ms': self.max_wait_ms,
+            'max_queue': self.max_queue,
+            'in_caller_thread': self.in_caller_thread,
+        }
 
     def submit(self, images: Sequence[np.ndarray]) -> concurrent.futures.Future[list[ImageMetadata]]:
         """Queue one client's images; the future gets their results in order (or the logic's exception).
@@ -324,11 +367,18 @@ class InferenceWorker:
 
     def _execute(self, batch: list[_Request]) -> None:
         images = [image for request in batch for image in request.images]
+        calls = handed = largest = 0
+        started = time.perf_counter()
         try:
             results: list[ImageMetadata] = []
             for start in range(0, len(images), self.max_batch_size):
-                results.extend(run_batch(self.logic, images[start : start + self.max_batch_size]))
+                chunk = images[start : start + self.max_batch_size]
+                calls += 1
+                handed += len(chunk)
+                largest = max(largest, len(chunk))
+                results.extend(run_batch(self.logic, chunk))
         except BaseException as error:
+            self._count(len(batch), handed, calls, largest, time.perf_counter() - started, failed=True)
             logger.warning(
                 '%r failed on a batch of %d images (%d requests): %r', self.logic, len(images), len(batch), error
             )
@@ -337,7 +387,19 @@ class InferenceWorker:
             if not isinstance(error, Exception):
                 raise
             return
+        self._count(len(batch), handed, calls, largest, time.perf_counter() - started, failed=False)
         start = 0
         for request in batch:
             request.future.set_result(results[start : start + len(request.images)])
             start += len(request.images)
+
+    def _count(self, requests: int, images: int, calls: int, largest: int, seconds: float, *, failed: bool) -> None:
+        """Add one batch to the counters (before its callers see a result, so they find it counted)."""
+        with self._cond:
+            self._requests += requests
+            self._images += images
+            self._batches += calls
+            if failed:
+                self._failed_batches += 1
+            self._largest_batch = max(self._largest_batch, largest)
+            self._logic_seconds += seconds

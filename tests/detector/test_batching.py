@@ -353,3 +353,105 @@ def test_bad_settings_are_refused() -> None:
     with pytest.raises(TypeError, match='needs a DetectorLogic'):
         InferenceWorker(object())  # type: ignore[arg-type]
     assert not any(t.name.startswith('llnode-inference') for t in threading.enumerate())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Counters
+
+
+def test_stats_start_at_zero_and_show_the_settings(workers: list[InferenceWorker]) -> None:
+    worker = InferenceWorker(RecordingLogic(INFO), max_batch_size=4, max_wait_ms=1.5, max_queue=32)
+    workers.append(worker)
+    assert worker.stats() == {
+        'requests': 0,
+        'images': 0,
+        'batches': 0,
+        'failed_batches': 0,
+        'largest_batch': 0,
+        'logic_seconds': 0.0,
+        'mean_batch_size': 0.0,
+        'queued': 0,
+        'max_batch_size': 4,
+        'max_wait_ms': 1.5,
+        'max_queue': 32,
+        'in_caller_thread': False,
+    }
+
+
+def run_concurrent_callers(worker: InferenceWorker, callers: int, rounds: int) -> tuple[int, int]:
+    """``callers`` threads each send ``rounds`` requests of 1 to 3 images; returns (requests, images) sent."""
+    barrier = threading.Barrier(callers)
+    errors: list[BaseException] = []
+
+    def caller(index: int) -> None:
+        try:
+            barrier.wait(5)
+            for round_ in range(rounds):
+                count = 1 + (index + round_) % 3
+                idents = [POISON + 1 + (index * rounds + round_) * 3 + k for k in range(count)]  # never POISON
+                results = worker.evaluate_many([image(i) for i in idents], timeout=10)
+                assert [ident_of(r) for r in results] == idents
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=caller, args=(i,), name=f'test-caller-{i}') for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    images = sum(1 + (index + round_) % 3 for index in range(callers) for round_ in range(rounds))
+    return callers * rounds, images
+
+
+def test_stats_count_every_request_image_and_batch_of_concurrent_callers(workers: list[InferenceWorker]) -> None:
+    logic = RecordingLogic(INFO, work=0.002)
+    worker = InferenceWorker(logic, max_batch_size=4, max_wait_ms=2)
+    workers.append(worker)
+    requests, images = run_concurrent_callers(worker, callers=12, rounds=6)
+    assert [ident_of(r) for r in worker.evaluate_many([image(i) for i in range(1, 11)])] == list(range(1, 11))
+    stats = worker.stats()
+    sizes = [len(batch) for batch in logic.batches]
+    assert stats['requests'] == requests + 1
+    assert stats['images'] == images + 10 == sum(sizes)
+    assert stats['batches'] == len(sizes)
+    assert stats['largest_batch'] == max(sizes) <= 4  # the 10-image request ran as 4 + 4 + 2
+    assert stats['failed_batches'] == 0
+    assert stats['mean_batch_size'] == round(stats['images'] / stats['batches'], 3)
+    assert stats['logic_seconds'] >= 0.002 * len(sizes) * 0.9  # every call waits 2 ms
+    assert stats['queued'] == 0
+
+
+def test_stats_count_in_the_callers_threads_too(workers: list[InferenceWorker]) -> None:
+    """Caller-thread mode: many threads run the logic at once and each adds its batch; no update is lost."""
+    logic = ThreadSafeLogic(INFO)
+    worker = InferenceWorker(logic, max_batch_size=2, max_queue=1000)
+    workers.append(worker)
+    requests, images = run_concurrent_callers(worker, callers=16, rounds=25)
+    stats = worker.stats()
+    sizes = [len(batch) for batch in logic.batches]
+    assert stats['in_caller_thread'] is True
+    assert stats['requests'] == requests
+    assert stats['images'] == images == sum(sizes)
+    assert stats['batches'] == len(sizes)  # a 3-image request is chunked into 2 + 1
+    assert stats['largest_batch'] == 2
+    assert stats['queued'] == 0
+
+
+@pytest.mark.parametrize('thread_safe', [False, True])
+def test_stats_count_failed_batches(workers: list[InferenceWorker], thread_safe: bool) -> None:
+    logic = (ThreadSafeLogic if thread_safe else RecordingLogic)(INFO)
+    worker = InferenceWorker(logic, max_batch_size=1)
+    workers.append(worker)
+    with pytest.raises(RuntimeError, match='poisoned batch'):
+        worker.evaluate(image(POISON))
+    stats = worker.stats()
+    assert (stats['requests'], stats['images'], stats['batches'], stats['failed_batches']) == (1, 1, 1, 1)
+    # chunks [1] and [POISON] run, the failure ends the request: [3] is never handed to the logic
+    with pytest.raises(RuntimeError, match='poisoned batch'):
+        worker.evaluate_many([image(1), image(POISON), image(3)])
+    assert logic.batches[-2:] == [[1], [POISON]]
+    stats = worker.stats()
+    assert (stats['requests'], stats['images'], stats['batches'], stats['failed_batches']) == (2, 3, 3, 2)
+    assert ident_of(worker.evaluate(image(4))) == 4
+    assert worker.stats()['failed_batches'] == 2
