@@ -152,7 +152,8 @@ def _unexpected_error(error: Exception) -> Response:
 
 
 def common_blueprint(node: Node) -> Blueprint:
-    """Routes every node serves: the reference's ``/debug_logging`` and ``/socketio``, plus health probes."""
+    """Routes every node serves: the reference's ``/debug_logging`` and ``/socketio``, plus health probes and
+    ``/stats``."""
     blueprint = Blueprint('llnode_common', __name__)
 
     @blueprint.get('/healthz')
@@ -167,6 +168,11 @@ def common_blueprint(node: Node) -> Blueprint:
         if problem is not None:
             return json_response({'detail': problem}, 503)
         return json_response({'status': 'ready'})
+
+    @blueprint.get('/stats')
+    def stats() -> Response:
+        """How the node is doing (``Node.stats()``); a section that fails reads ``{"error": ...}``, never a 5xx."""
+        return json_response(node.stats())
 
     @blueprint.put('/debug_logging')
     def debug_logging() -> Response:

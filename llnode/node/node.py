@@ -13,16 +13,18 @@ Lifecycle (DESIGN.md, "Threads and lifecycle"):
   process) is ``request_restart(code)``, which ends ``run()``/``serve()`` with that code; a supervisor restarts
   the process.
 
-Hooks a node overrides (no leading underscores): ``on_start()``, ``on_repeat()``, ``on_stop()``, ``is_ready()``
-and ``blueprints()``.
+Hooks a node overrides (no leading underscores): ``on_start()``, ``on_repeat()``, ``on_stop()``, ``is_ready()``,
+``stats()`` and ``blueprints()``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -53,6 +55,10 @@ SOCKET_CLOSE_TIMEOUT = 5.0
 
 #: How often ``run()`` looks for a signal while it waits (signal handlers only count; they take no locks).
 SIGNAL_POLL_S = 0.1
+
+#: Distinct failures of ``stats()`` sections remembered, so each is logged once however often ``/stats`` is
+#: scraped (beyond this many the oldest is forgotten, and logged again should it come back).
+STATS_FAILURES_KEPT = 64
 
 _NEW, _STARTING, _RUNNING, _STOPPING, _STOPPED = 'new', 'starting', 'running', 'stopping', 'stopped'
 
@@ -142,6 +148,10 @@ class Node:
         self._loop_handlers: dict[str, tuple[Callable[..., Any], LaneFunction | None]] = {}
         if self.needs_loop_socket:
             self._loop_handlers['restart'] = (self._on_loop_restart, None)
+
+        # Failed stats sections already logged; ``_stats_lock`` guards _stats_failures.
+        self._stats_lock = threading.Lock()
+        self._stats_failures: OrderedDict[tuple[str, str], None] = OrderedDict()
 
         self._app_lock = threading.Lock()
         self._flask_app: Flask | None = None
@@ -262,6 +272,42 @@ class Node:
     def blueprints(self) -> list[Blueprint]:
         """The blueprints the app is built from; subclasses extend ``super().blueprints()``."""
         return [common_blueprint(self)]
+
+    def stats(self) -> dict[str, Any]:
+        """How the node is doing, as one JSON-able dict (``GET /stats`` answers it).
+
+        Here: ``name``, ``uuid``, ``node_type``, ``uptime_s`` (seconds since ``start()``, 0 before), ``state``
+        (``new``, ``starting``, ``running``, ``stopping`` or ``stopped``), ``muted`` (the repeat cycle) and, for
+        nodes with a Loop socket, ``loop``: ``connected`` and ``last_error`` (why the link is down, or None).
+        Subclasses add their sections to ``super().stats()``, each built with :meth:`stats_section`, so a section
+        that fails reads ``{"error": "..."}`` and the rest still answers.
+        """
+        with self._lifecycle_lock:
+            state, started = self._state, self._started_at
+        stats: dict[str, Any] = {
+            'name': self._name,
+            'uuid': self._uuid,
+            'node_type': self.node_type,
+            'uptime_s': 0.0 if started is None else round(time.monotonic() - started, 3),
+            'state': state,
+            'muted': self.muted,
+        }
+        if self.needs_loop_socket:
+            stats['loop'] = self.stats_section('loop', self._loop_stats)
+        return stats
+
+    def stats_section(self, name: str, source: Callable[[], Any]) -> Any:
+        """``source()`` as the section ``name`` of :meth:`stats`, or ``{"error": "<Type>: <message>"}`` when it
+        raises or returns something JSON cannot carry. Each distinct failure is logged once (with its traceback),
+        not at every scrape."""
+        try:
+            value = source()
+            json.dumps(value, allow_nan=False)  # a section that cannot be sent fails here, not the whole answer
+        except Exception as e:
+            message = f'{type(e).__name__}: {e}'
+            self._log_stats_failure(name, message, e)
+            return {'error': message}
+        return value
 
     # ------------------------------------------------------------------ control
 
@@ -521,6 +567,23 @@ class Node:
         for event, (handler, lane) in self._loop_handlers.items():
             link.on(event, handler, lane=lane)
         return link
+
+    def _loop_stats(self) -> dict[str, Any]:
+        link = self.loop_socket
+        if link is None:  # not started yet, stopped, or muted
+            return {'connected': False, 'last_error': None}
+        return {'connected': link.connected, 'last_error': link.last_error}
+
+    def _log_stats_failure(self, section: str, message: str, error: Exception) -> None:
+        key = (section, message)
+        with self._stats_lock:
+            if key in self._stats_failures:
+                self._stats_failures.move_to_end(key)
+                return
+            self._stats_failures[key] = None
+            while len(self._stats_failures) > STATS_FAILURES_KEPT:
+                self._stats_failures.popitem(last=False)
+        logger.warning('%s: stats section %r failed: %s', self._name, section, message, exc_info=error)
 
     def _on_loop_restart(self, *args: Any) -> None:
         logger.warning('%s: the Loop asked for a restart', self._name)

@@ -83,6 +83,64 @@ def test_health_and_readiness(served: Served) -> None:
     assert failed.status_code == 503 and 'readiness check failed' in failed.json()['detail']
 
 
+class SectionNode(RouteNode):
+    """Adds a section whose source the test swaps: a value, an exception, or something JSON cannot carry."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.source: Callable[[], Any] = lambda: {'answered': 1}
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats()
+        stats['extra'] = self.stats_section('extra', self.source)
+        return stats
+
+
+def test_stats_of_a_plain_node(served: Served) -> None:
+    response = requests.get(f'{served.url}/stats', timeout=5)
+    assert response.status_code == 200 and response.headers['Content-Type'] == 'application/json'
+    stats = response.json()
+    assert set(stats) == {'name', 'uuid', 'node_type', 'uptime_s', 'state', 'muted'}  # no Loop socket: no 'loop'
+    assert (stats['name'], stats['uuid'], stats['node_type']) == ('routes', served.node.uuid, 'node')
+    assert (stats['state'], stats['muted']) == ('running', False)
+    assert isinstance(stats['uptime_s'], float) and stats['uptime_s'] >= 0
+    served.node.mute()
+    assert requests.get(f'{served.url}/stats', timeout=5).json()['muted'] is True
+
+
+def test_stats_of_a_node_that_is_not_running(settings: Settings) -> None:
+    node = RouteNode('external', settings=settings)
+    client = node.flask_app.test_client()
+    response = client.get('/stats')
+    assert response.status_code == 200
+    assert (response.get_json()['state'], response.get_json()['uptime_s']) == ('new', 0.0)
+
+
+def test_a_failing_stats_section_never_fails_the_answer(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    node = SectionNode('sections', settings=settings)
+    client = node.flask_app.test_client()
+    assert client.get('/stats').get_json()['extra'] == {'answered': 1}
+
+    def raises() -> Any:
+        raise KeyError('camera')
+
+    node.source = raises
+    with caplog.at_level(logging.WARNING, logger='llnode.node'):
+        for _ in range(5):
+            response = client.get('/stats')
+            assert response.status_code == 200
+            assert response.get_json()['extra'] == {'error': "KeyError: 'camera'"}
+            assert response.get_json()['name'] == 'sections'
+        node.source = lambda: {'when': float('nan')}  # strict JSON has no NaN
+        response = client.get('/stats')
+        assert response.status_code == 200 and response.get_json()['extra']['error'].startswith('ValueError: ')
+        node.source = lambda: {'path': object()}
+        response = client.get('/stats')
+        assert response.status_code == 200 and response.get_json()['extra']['error'].startswith('TypeError: ')
+    logged = [record.getMessage() for record in caplog.records if 'stats section' in record.getMessage()]
+    assert len(logged) == 3, logged  # each distinct failure once, however often it is asked for
+
+
 @pytest.mark.usefixtures('llnode_logger_level')
 def test_debug_logging_switch(served: Served) -> None:
     on = requests.put(f'{served.url}/debug_logging', data='on', timeout=5)
