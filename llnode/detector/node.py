@@ -30,7 +30,7 @@ from flask import Blueprint
 
 from llnode.config import ConfigError, Settings
 from llnode.detector.batching import InferenceStopped
-from llnode.detector.deployment import ModelManager, ModelTarget
+from llnode.detector.deployment import UPDATE_ERROR_KEY, ActiveModel, ModelManager, ModelTarget
 from llnode.detector.images import check_decodable, decode_image, keep_pillow_blocks, release_pillow_blocks
 from llnode.detector.logic import DetectorFactory
 from llnode.detector.model_store import ModelStore, RetryBackoff, is_version
@@ -491,6 +491,41 @@ class DetectorNode(Node):
             version_control=self.models.version_mode.value,
         )
 
+    def stats(self) -> dict[str, Any]:
+        """``Node.stats()`` plus the detector's sections (``GET /stats``):
+
+        - ``operation_mode``;
+        - ``model``: ``current_version``, ``target_version``, ``version_control``, ``model_format`` and
+          ``update_error`` (why the last update failed, or None);
+        - ``inference``: the serving model's ``model_version`` and its worker's counters and settings
+          (:meth:`InferenceWorker.stats <llnode.detector.batching.InferenceWorker.stats>`); None while no model
+          serves. The counters belong to that model's worker: after a swap they start again from 0 (the
+          swapped-out worker's counts are not carried over);
+        - ``outbox``: the outbox's counters and queue sizes (``outbox.stats()``);
+        - ``relevance_filter``: ``cameras``, how many camera ids it keeps a history for (the unknown camera not
+          counted); only when the filter has ``cameras()``.
+        """
+        stats = super().stats()
+        stats['operation_mode'] = self.operation_mode.value
+        active = self.models.active()  # one read: the model section and the inference section agree
+        stats['model'] = self.stats_section('model', lambda: self._model_stats(active))
+        stats['inference'] = self.stats_section('inference', lambda: _inference_stats(active))
+        stats['outbox'] = self.stats_section('outbox', self.outbox.stats)
+        cameras = getattr(self.relevance_filter, 'cameras', None)
+        if callable(cameras):
+            stats['relevance_filter'] = self.stats_section('relevance_filter', lambda: {'cameras': len(cameras())})
+        return stats
+
+    def _model_stats(self, active: ActiveModel | None) -> dict[str, Any]:
+        target = self.models.target
+        return {
+            'current_version': None if active is None else active.version,
+            'target_version': None if target is None else target.version,
+            'version_control': self.models.version_mode.value,
+            'model_format': self.factory.model_format,
+            'update_error': self.models.errors().get(UPDATE_ERROR_KEY),
+        }
+
     def model_versions(self) -> ModelVersionResponse:
         target, loop = self.models.target, self.models.loop_target
         return ModelVersionResponse(
@@ -586,6 +621,12 @@ class DetectorNode(Node):
         from llnode.loop.exchange import DataExchange
 
         DataExchange(self._loop()).download_model(target.id, self.factory.model_format, folder, replace=True)
+
+
+def _inference_stats(active: ActiveModel | None) -> dict[str, Any] | None:
+    if active is None:
+        return None
+    return {'model_version': active.version, **active.worker.stats()}
 
 
 def check_autoupload(value: Any) -> str:

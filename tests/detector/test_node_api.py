@@ -539,6 +539,91 @@ def test_healthz_and_readyz(make_detector: MakeDetector) -> None:
     assert (response.status_code, response.json()) == (200, {'status': 'ready'})
 
 
+def stats_of(detector: Detector) -> dict[str, Any]:
+    response = get(detector.url, '/stats')
+    assert response.status_code == 200, response.text
+    assert response.headers['Content-Type'] == 'application/json'
+    body = response.json()
+    assert isinstance(body, dict)
+    return body
+
+
+def test_stats_follow_detections_and_the_outbox(make_detector: MakeDetector, server: str) -> None:
+    detector = make_detector(server)
+    stats = stats_of(detector)
+    assert {key: stats[key] for key in ('name', 'uuid', 'node_type', 'state', 'muted', 'operation_mode')} == {
+        'name': 'test detector',
+        'uuid': detector.node.uuid,
+        'node_type': 'detector',
+        'state': 'running',
+        'muted': False,
+        'operation_mode': 'idle',
+    }
+    assert stats['uptime_s'] >= 0 and 'loop' not in stats  # a detector has no Loop socket
+    assert stats['model'] == {
+        'current_version': MODEL_VERSION,
+        'target_version': None,
+        'version_control': 'follow_loop',
+        'model_format': 'mocked',
+        'update_error': None,
+    }
+    inference = stats['inference']
+    assert inference['model_version'] == MODEL_VERSION
+    assert (inference['requests'], inference['images'], inference['batches']) == (0, 0, 0)
+    assert (inference['max_batch_size'], inference['max_queue']) == (8, 256)
+    saved = stats['outbox']['saved']
+    assert stats['relevance_filter'] == {'cameras': 0}
+
+    for seed in range(3):
+        assert post_detect(detector.url, jpeg_bytes(seed=seed), autoupload='disabled').status_code == 200
+    assert post_detect(detector.url, jpeg_bytes(seed=3), autoupload='all').status_code == 200
+    assert post_detect(detector.url, jpeg_bytes(seed=4), camera_id='cam-1').status_code == 200  # filtered
+    detector.node.batch_detect([jpeg_bytes(seed=5), jpeg_bytes(seed=6)], autoupload='disabled')
+    detector.outbox.settle()
+    stats = stats_of(detector)
+    inference = stats['inference']
+    assert (inference['requests'], inference['images']) == (6, 7)
+    assert inference['batches'] == len(detector.factory.batch_sizes)
+    assert inference['largest_batch'] == max(detector.factory.batch_sizes) == 2
+    assert inference['failed_batches'] == 0 and inference['queued'] == 0
+    assert stats['outbox']['saved'] == saved + 2  # the autoupload=all image and the uncertain filtered one
+    assert stats['outbox']['mode'] == 'continuous_upload'
+    assert stats['relevance_filter'] == {'cameras': 1}
+
+    def broken(version: str, image: Any) -> Any:
+        raise RuntimeError('the model fell over')
+
+    detector.factory.result = broken
+    assert_json_error(post_detect(detector.url, jpeg_bytes()), 500, 'internal error')
+    inference = stats_of(detector)['inference']
+    assert (inference['requests'], inference['failed_batches']) == (7, 1)
+
+
+def test_stats_without_a_model(make_detector: MakeDetector) -> None:
+    stats = stats_of(make_detector(model=False))
+    assert stats['inference'] is None
+    assert stats['model']['current_version'] is None
+    assert stats['state'] == 'running' and 'saved' in stats['outbox']
+
+
+def test_a_failing_stats_section_reads_as_an_error_and_is_logged_once(
+    detector: Detector, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_stats() -> dict[str, Any]:
+        raise OSError('the outbox folder is gone')
+
+    monkeypatch.setattr(detector.node.outbox, 'stats', broken_stats)
+    with caplog.at_level(logging.WARNING, logger='llnode.node'):
+        for _ in range(3):  # a scraper asks again and again
+            stats = stats_of(detector)
+            assert stats['outbox'] == {'error': 'OSError: the outbox folder is gone'}
+            assert stats['model']['current_version'] == MODEL_VERSION  # the other sections still answer
+            assert stats['inference']['requests'] == 0
+    failures = [record for record in caplog.records if 'stats section' in record.getMessage()]
+    assert len(failures) == 1, [record.getMessage() for record in failures]
+    assert "'outbox'" in failures[0].getMessage()
+
+
 def test_socketio_switch_mutes_and_unmutes(detector: Detector) -> None:
     assert not detector.node.muted
     assert put(detector.url, '/socketio', 'off').json() == 'off'
