@@ -202,6 +202,12 @@ class AnnotatorNode(Node):
             capabilities=_checked_capabilities(self.logic),
         )
 
+    def stats(self) -> dict[str, Any]:
+        """``Node.stats()`` plus ``annotator``: ``frontends``, how many frontends have a history now."""
+        stats = super().stats()
+        stats['annotator'] = self.stats_section('annotator', lambda: {'frontends': len(self.sessions.frontend_ids())})
+        return stats
+
     def send_status(self) -> bool:
         """Send ``update_annotation_node`` now; True if the Loop acknowledged it. Never raises.
 

@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llnode.config import Settings
 from llnode.converter.logic import ConverterLogic
@@ -166,6 +166,24 @@ class ConverterNode(Node):
             errors=errors,
             capabilities=list(self.logic.capabilities),
         )
+
+    def stats(self) -> dict[str, Any]:
+        """``Node.stats()`` plus ``converter``: ``converted`` (models converted since the start, a 409 included),
+        ``failures`` (models with a failure on record), ``given_up`` (those of them not tried again) and
+        ``converting`` (the id of the model being converted now, or None)."""
+        stats = super().stats()
+        stats['converter'] = self.stats_section('converter', self._converter_stats)
+        return stats
+
+    def _converter_stats(self) -> dict[str, Any]:
+        failures = self.book.records()
+        current = self.worker.current
+        return {
+            'converted': len(self.worker.converted),
+            'failures': len(failures),
+            'given_up': sum(1 for record in failures.values() if record.given_up),
+            'converting': None if current is None else current.id,
+        }
 
     def send_status(self) -> bool:
         """Send ``update_converter`` now; True unless it failed or the Loop answered ``success: false``."""

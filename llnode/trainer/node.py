@@ -175,6 +175,22 @@ class TrainerNode(Node):
             context=Context(**snapshot.context) if snapshot.context else None,
         )
 
+    def stats(self) -> dict[str, Any]:
+        """``Node.stats()`` plus ``training``: ``state`` (as in the status), ``training_number`` of the active
+        training (None without one) and ``progress`` (None outside the stages that report it)."""
+        stats = super().stats()
+        stats['training'] = self.stats_section('training', self._training_stats)
+        return stats
+
+    def _training_stats(self) -> dict[str, Any]:
+        snapshot = self.machine.snapshot()
+        training = self.machine.training  # a second read: it may have ended in between (then None)
+        return {
+            'state': snapshot.state,
+            'training_number': None if training is None else training.training_number,
+            'progress': snapshot.progress,
+        }
+
     def send_status(self) -> bool:
         """Send ``update_trainer`` now; True if the Loop acknowledged it. Never raises."""
         link = self.loop_socket

@@ -114,6 +114,23 @@ def test_user_logout_drops_the_history_and_answers_the_tools_verdict(
     assert logic.logged_out == ['a', 'a', 'never-seen']
 
 
+def test_stats_count_the_frontends_with_a_history(
+    local_loop: LocalLoop, make_annotator: Callable[..., AnnotatorNode]
+) -> None:
+    node = make_annotator(local_loop, RecordingLogic())
+    client = node.flask_app.test_client()
+    stats = client.get('/stats').get_json()
+    assert (stats['node_type'], stats['annotator']) == ('annotation_node', {'frontends': 0})
+    assert stats['loop'] == {'connected': True, 'last_error': None}
+    image, cat = demo_image(local_loop), category(local_loop)
+    for frontend in ('a', 'b', 'a'):
+        send(local_loop, node, user_input(frontend, 'mouse_move', image['id'], cat))
+    assert client.get('/stats').get_json()['annotator'] == {'frontends': 2}
+    assert send(local_loop, node, 'a', event='user_logout') == ok()
+    response = client.get('/stats')
+    assert response.status_code == 200 and response.get_json()['annotator'] == {'frontends': 1}
+
+
 def test_one_frontends_events_reach_the_tool_in_the_order_the_loop_sent_them(
     make_local_loop: Callable[..., LocalLoop], make_annotator: Callable[..., AnnotatorNode]
 ) -> None:

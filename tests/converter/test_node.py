@@ -112,6 +112,20 @@ def test_a_given_up_model_stays_given_up_after_a_restart(local_loop: LocalLoop, 
     wait_for(lambda: len(restarted_logic.calls_for(broken)) == 1, what='the attempt asked for')
 
 
+def test_stats_count_converted_and_failed_models(local_loop: LocalLoop, make_converter: MakeConverter) -> None:
+    good = upload_new_model(local_loop, SOURCE, {WEIGHTS: b'weights'})
+    broken = upload_new_model(local_loop, SOURCE, {WEIGHTS: b'BROKEN weights'})
+    node = make_converter(local_loop, UpperLogic(), max_attempts=1)
+    wait_for(lambda: node.converted == [good], what='the good model to be converted')
+    wait_for(lambda: (r := node.failures().get(broken)) is not None and r.given_up, what='the model to be given up')
+    response = node.flask_app.test_client().get('/stats')
+    assert response.status_code == 200
+    stats = response.get_json()
+    assert stats['node_type'] == 'converter'
+    assert stats['converter'] == {'converted': 1, 'failures': 1, 'given_up': 1, 'converting': None}
+    assert set(stats['loop']) == {'connected', 'last_error'}
+
+
 def test_5xx_during_download_and_upload_is_retried_and_never_counts_toward_giving_up(
     local_loop: LocalLoop, make_converter: MakeConverter
 ) -> None:

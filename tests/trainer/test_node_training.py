@@ -117,6 +117,25 @@ def test_the_status_is_the_exact_training_status(
     wait_idle(node)
 
 
+def test_stats_show_the_training(local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]) -> None:
+    logic = ScriptedLogic(forever=True, epoch_seconds=0.05)
+    node = make_trainer(local_loop, logic)
+    client = node.flask_app.test_client()
+    stats = client.get('/stats').get_json()
+    assert (stats['node_type'], stats['state']) == ('trainer', 'running')
+    assert stats['loop'] == {'connected': True, 'last_error': None}
+    assert stats['training'] == {'state': 'idle', 'training_number': None, 'progress': None}
+    result = begin(local_loop, node)
+    wait_for(logic.training.is_set, what='the training to run')
+    response = client.get('/stats')
+    assert response.status_code == 200
+    training = response.get_json()['training']
+    assert (training['state'], training['training_number']) == ('running', result['training_number'])
+    assert node.abort_training()
+    wait_idle(node)
+    assert client.get('/stats').get_json()['training']['training_number'] is None
+
+
 def test_begin_training_is_refused_while_a_training_is_active(
     local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]
 ) -> None:
