@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -84,6 +84,16 @@ def workers() -> Iterator[list[InferenceWorker]]:
         assert not worker.is_alive()
 
 
+def run_callers(caller: Callable[[int], None], count: int) -> None:
+    """``caller(0)`` ... ``caller(count - 1)`` in threads of their own, all joined (30 s each at most)."""
+    threads = [threading.Thread(target=caller, args=(i,), name=f'test-caller-{i}') for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive(), f'{thread.name} still runs'
+
+
 def start_call(worker: InferenceWorker, ident: int, results: dict[int, object]) -> threading.Thread:
     """``worker.evaluate(image(ident))`` in a thread; the result or exception lands in ``results[ident]``."""
 
@@ -118,11 +128,7 @@ def test_concurrent_callers_share_batches_and_each_gets_its_own_result(workers: 
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=caller, args=(i,), name=f'test-caller-{i}') for i in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    run_callers(caller, callers)
     assert errors == [] and mismatches == []
     sizes = [len(batch) for batch in logic.batches]
     assert sum(sizes) == callers * rounds
@@ -394,11 +400,7 @@ def run_concurrent_callers(worker: InferenceWorker, callers: int, rounds: int) -
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=caller, args=(i,), name=f'test-caller-{i}') for i in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    run_callers(caller, callers)
     assert errors == []
     images = sum(1 + (index + round_) % 3 for index in range(callers) for round_ in range(rounds))
     return callers * rounds, images
