@@ -41,6 +41,7 @@ class FakeRun:
         self._image_data = list(image_data)
         self._stop = threading.Event()
         self._abort = threading.Event()
+        self._interrupt = threading.Event()  # set by either request, as TrainingRun's wait_for_stop sees them
         self.progress: list[float | None] = []
         self.reported: list[BestState] = []
 
@@ -75,7 +76,7 @@ class FakeRun:
             raise TrainingInterrupted(aborted=False)
 
     def wait_for_stop(self, timeout: float) -> bool:
-        return self._stop.wait(timeout) or self._abort.is_set()
+        return self._interrupt.wait(timeout)
 
     def set_progress(self, fraction: float | None) -> None:
         self.progress.append(fraction)
@@ -86,10 +87,12 @@ class FakeRun:
     # as the core does it: set the flag, then call the logic's hook (from the calling thread)
     def request_stop(self) -> None:
         self._stop.set()
+        self._interrupt.set()
         if self.logic is not None:
             self.logic.stop(self)
 
     def request_abort(self) -> None:
         self._abort.set()
+        self._interrupt.set()
         if self.logic is not None:
             self.logic.abort(self)
