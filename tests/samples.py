@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import queue
 import re
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from llnode.localloop import LocalLoop
@@ -20,6 +22,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: what a node logs once it serves (``Node.serve``), with the address it got for ``--port 0``
 SERVING = re.compile(r'serving on (http://127\.0\.0\.1:\d+)')
+
+
+def load_sample(script: str) -> ModuleType:
+    """``samples/<script>`` imported as a module (once per test process), to test its parts directly."""
+    name = f'sample_{Path(script).stem}'
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / 'samples' / script)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 @dataclass

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -12,6 +10,7 @@ from typing import Any
 from llnode.annotator import AnnotatorLogic
 from llnode.localloop import LocalLoop
 from llnode.schema import Point, SegmentationAnnotation, Shape, ToolOutput, UserInput
+from tests.samples import load_sample as load_sample_script
 
 REPO = Path(__file__).resolve().parents[2]
 ORGANIZATION, PROJECT = 'zauberzeug', 'demo'
@@ -19,14 +18,7 @@ ORGANIZATION, PROJECT = 'zauberzeug', 'demo'
 
 def load_sample() -> ModuleType:
     """``samples/segmentation_annotator.py`` as a module (loaded once)."""
-    name = 'segmentation_annotator_sample'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / 'samples' / 'segmentation_annotator.py')
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_sample_script('segmentation_annotator.py')
 
 
 def demo_image(loop: LocalLoop, index: int = 0) -> dict[str, Any]:

@@ -3,14 +3,12 @@ the local Loop, in-process with a broken model beside two good ones, and the scr
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import signal
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import requests
@@ -19,7 +17,7 @@ from llnode.converter import ConverterNode, ModelFailure
 from llnode.localloop import LocalLoop
 from tests.converter.conftest import ORGANIZATION, PROJECT, converter_status, formats, upload_new_model
 from tests.polling import wait_for
-from tests.samples import REPO, sample_process
+from tests.samples import load_sample, sample_process
 
 torch = pytest.importorskip('torch')
 
@@ -27,17 +25,7 @@ torch = pytest.importorskip('torch')
 pytestmark = pytest.mark.filterwarnings(r'ignore:.*torch\.jit.* is deprecated:DeprecationWarning')
 
 
-def load_sample() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        'torchscript_converter_sample', REPO / 'samples' / 'torchscript_converter.py'
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sample = load_sample()
+sample = load_sample('torchscript_converter.py')
 SOURCE, TARGET = sample.SOURCE_FORMAT, sample.TARGET_FORMAT
 
 

@@ -3,14 +3,12 @@ TrainerNode against the local Loop, and the script as a real process driven thro
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -21,7 +19,7 @@ from llnode.schema import Category, ModelInformation
 from llnode.trainer import TrainerNode
 from llnode.trainer.subprocess_logic import TrainingProcessError
 from tests.polling import wait_for
-from tests.samples import sample_process
+from tests.samples import load_sample, sample_process
 from tests.trainer.test_subprocess_logic import FakeRun, Training
 from tests.trainer.trainer_support import (
     FORMATS,
@@ -44,15 +42,7 @@ CATEGORIES = [
 ]
 
 
-def load_sample() -> ModuleType:
-    spec = importlib.util.spec_from_file_location('mock_trainer_sample', REPO / 'samples' / 'mock_trainer.py')
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sample = load_sample()
+sample = load_sample('mock_trainer.py')
 
 
 @pytest.fixture

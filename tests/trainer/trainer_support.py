@@ -15,18 +15,13 @@ from typing import Any
 
 from llnode.localloop import LocalLoop
 from llnode.schema import (
-    BoxDetection,
-    ClassificationDetection,
     Detections,
     ModelInformation,
-    Point,
-    PointDetection,
     PretrainedModel,
-    SegmentationDetection,
-    Shape,
 )
 from llnode.trainer import BestState, CriticalError, TrainerLogic, TrainerNode, TrainingInterrupted, TrainingRun
 from tests.polling import wait_for
+from tests.samples import load_sample
 
 ORGANIZATION, PROJECT = 'zauberzeug', 'demo'
 FORMATS = ('mocked', 'mocked_2')
@@ -159,19 +154,8 @@ class ScriptedLogic(TrainerLogic):
 
 
 def fixed_detections(model_info: ModelInformation, image_id: str) -> Detections:
-    """One detection per category of the model, by category type (the reference's mock trainer)."""
-    detections = Detections(image_id=image_id)
-    version = model_info.version
-    for c in model_info.categories:
-        if c.type == 'box':
-            detections.box_detections.append(BoxDetection(c.name, 1, 2, 30, 40, version, 0.99, c.id))
-        elif c.type == 'point':
-            detections.point_detections.append(PointDetection(c.name, 100, 200, version, 0.97, c.id))
-        elif c.type == 'segmentation':
-            shape = Shape([Point(1, 2), Point(3, 4)])
-            detections.segmentation_detections.append(SegmentationDetection(c.name, shape, version, 0.96, c.id))
-        else:
-            detections.classification_detections.append(ClassificationDetection(c.name, version, 0.95, c.id))
+    """One detection per category of the model, by category type: the sample mock trainer's (the reference's)."""
+    detections: Detections = load_sample('mock_trainer.py').mock_detections(model_info, image_id)
     return detections
 
 
