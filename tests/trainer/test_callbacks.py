@@ -35,42 +35,17 @@ from llnode.trainer.callbacks import (
     validate_confusion_matrix,
 )
 from llnode.trainer.inprocess import TrainingHooks
-from llnode.trainer.logic import BestState, TrainingInterrupted
+from llnode.trainer.logic import TrainingInterrupted
+from tests.trainer.fake_run import FakeRun as SharedFakeRun
 
 CATEGORIES = [Category(id='uuid-cat', name='cat'), Category(id='uuid-dog', name='dog')]
 
 
-class FakeRun:
-    """The parts of the TrainingRun protocol callbacks use: flags, progress and published states, recorded."""
+class FakeRun(SharedFakeRun):
+    """The shared fake run on ``folder`` with this file's categories."""
 
     def __init__(self, folder: Path) -> None:
-        self.categories = list(CATEGORIES)
-        self.training_folder = folder
-        self.logger = logging.getLogger('tests.trainer.fake_run')
-        self.stop_event = threading.Event()
-        self.abort_event = threading.Event()
-        self.progress: list[float | None] = []
-        self.reported: list[BestState] = []
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.stop_event.is_set()
-
-    @property
-    def abort_requested(self) -> bool:
-        return self.abort_event.is_set()
-
-    def check_stop(self) -> None:
-        if self.abort_requested:
-            raise TrainingInterrupted(aborted=True)
-        if self.stop_requested:
-            raise TrainingInterrupted(aborted=False)
-
-    def set_progress(self, fraction: float | None) -> None:
-        self.progress.append(fraction)
-
-    def report_best(self, state: BestState) -> None:
-        self.reported.append(state)
+        super().__init__(folder, categories=CATEGORIES)
 
 
 class Recorder(Callback):

@@ -20,7 +20,8 @@ from llnode.trainer import TrainerNode
 from llnode.trainer.subprocess_logic import TrainingProcessError
 from tests.polling import wait_for
 from tests.samples import load_sample, sample_process
-from tests.trainer.test_subprocess_logic import FakeRun, Training
+from tests.trainer.fake_run import FakeRun
+from tests.trainer.test_subprocess_logic import Training
 from tests.trainer.trainer_support import (
     FORMATS,
     ORGANIZATION,
@@ -49,7 +50,7 @@ sample = load_sample('mock_trainer.py')
 def run(tmp_path: Path) -> FakeRun:
     folder = tmp_path / 'trainings' / 't1'
     folder.mkdir(parents=True)
-    return FakeRun(training_folder=folder, categories=list(CATEGORIES))
+    return FakeRun(folder, categories=CATEGORIES)
 
 
 def fast_logic() -> Any:

@@ -6,91 +6,23 @@ test_mock_trainer.py."""
 from __future__ import annotations
 
 import importlib.util
-import logging
 import re
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llnode.schema import Category
 from llnode.trainer.logic import BestState, CriticalError, TrainingInterrupted
 from llnode.trainer.subprocess_logic import Command, SubprocessTrainerLogic, TrainingProcessError
 from tests.polling import wait_for
+from tests.trainer.fake_run import FakeRun
 
 PY = sys.executable
 FOREVER = [PY, '-c', 'import time\nprint("training", flush=True)\nwhile True: time.sleep(0.05)']
-
-
-@dataclass
-class FakeRun:
-    """The TrainingRun protocol, with what the core would do recorded for the test to look at."""
-
-    training_folder: Path
-    organization: str = 'zauberzeug'
-    project: str = 'demo'
-    training_number: int = 1
-    model_variant: str = 'small'
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    categories: list[Category] = field(default_factory=lambda: [Category(id='c1', name='box', type='box')])
-    base_model_uuid: str | None = None
-    base_folder: Path | None = None
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger('llnode.tests.fake_run'))
-    reported: list[BestState] = field(default_factory=list)
-    progress_values: list[float | None] = field(default_factory=list)
-    stop_flag: threading.Event = field(default_factory=threading.Event)
-    abort_flag: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.images_folder = self.training_folder.parent / 'images'
-
-    @property
-    def image_data(self) -> list[dict[str, Any]]:
-        return []
-
-    @property
-    def base_model_folder(self) -> Path | None:
-        return self.base_folder
-
-    @property
-    def node_uuid(self) -> str:
-        return '00000000-0000-0000-0000-000000000001'
-
-    @property
-    def node_name(self) -> str:
-        return 'test trainer'
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.stop_flag.is_set()
-
-    @property
-    def abort_requested(self) -> bool:
-        return self.abort_flag.is_set()
-
-    def check_stop(self) -> None:
-        if self.abort_requested or self.stop_requested:
-            raise TrainingInterrupted(aborted=self.abort_requested)
-
-    def wait_for_stop(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not (self.stop_requested or self.abort_requested):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self.stop_flag.wait(min(remaining, 0.01))
-        return True
-
-    def set_progress(self, fraction: float | None) -> None:
-        self.progress_values.append(fraction)
-
-    def report_best(self, state: BestState) -> None:
-        self.reported.append(state)
 
 
 class ScriptedLogic(SubprocessTrainerLogic):
@@ -158,7 +90,7 @@ class Training:
 def run(tmp_path: Path) -> FakeRun:
     folder = tmp_path / 'trainings' / 't1'
     folder.mkdir(parents=True)
-    return FakeRun(training_folder=folder)
+    return FakeRun(folder, model_variant='small')
 
 
 def reaped(pid: int) -> bool:
@@ -179,14 +111,14 @@ def test_a_process_that_exits_0_is_a_finished_training(run: FakeRun) -> None:
     logic.train(run)
     assert logic.executor is not None and logic.executor.log_text() == 'epoch 1 done\n'
     assert run.reported[-1].epoch == logic.polls >= 1  # the final poll after the end reached the run
-    assert run.progress_values and not logic.process_running()
+    assert run.progress and not logic.process_running()
 
 
 def test_stop_returns_normally_although_the_exit_code_is_not_0(run: FakeRun) -> None:
     logic = ScriptedLogic()
     training = Training(logic, run)
     pid = training.wait_until_running()
-    run.stop_flag.set()
+    run.stop_event.set()
     started = time.monotonic()
     logic.stop(run)
     assert time.monotonic() - started < 0.2  # the hook only signals; the training thread waits
@@ -196,7 +128,7 @@ def test_stop_returns_normally_although_the_exit_code_is_not_0(run: FakeRun) -> 
 
 
 def test_stop_or_abort_before_the_process_started_aborts(run: FakeRun) -> None:
-    run.stop_flag.set()
+    run.stop_event.set()
     logic = ScriptedLogic()
     logic.stop(run)  # nothing runs yet: nothing to signal
     with pytest.raises(TrainingInterrupted) as info:
@@ -211,7 +143,7 @@ def test_abort_raises_and_ends_the_process_after_the_short_grace(run: FakeRun) -
     logic = ScriptedLogic(ignores_term)
     training = Training(logic, run)
     pid = training.wait_until_running()
-    run.abort_flag.set()
+    run.abort_event.set()
     logic.abort(run)
     started = time.monotonic()
     error = training.join()
@@ -294,8 +226,8 @@ def test_new_best_states_and_progress_reach_the_run_while_it_trains(run: FakeRun
     training.wait_until_running()
     wait_for(lambda: len(run.reported) >= 3, what='three polls while training')
     assert [s.epoch for s in run.reported] == list(range(1, len(run.reported) + 1))
-    assert run.progress_values[:3] == [0.1, 0.2, 0.3]
-    run.stop_flag.set()
+    assert run.progress[:3] == [0.1, 0.2, 0.3]
+    run.stop_event.set()
     logic.stop(run)
     assert training.join() is None
 
@@ -312,7 +244,7 @@ def test_a_failing_metrics_hook_does_not_end_the_training(run: FakeRun, caplog: 
     wait_for(lambda: logic.polls >= 2, what='two polls')
     assert logic.process_running()
     assert 'no metrics file yet' in caplog.text
-    run.stop_flag.set()
+    run.stop_event.set()
     logic.stop(run)
     assert training.join() is None
 
@@ -385,7 +317,7 @@ def test_a_torchrun_launch_is_stopped_with_all_its_workers(run: FakeRun) -> None
         return pids if len(pids) == 2 else []
 
     pids = wait_for(workers, timeout=60, what='both torchrun workers to join the process group')
-    run.stop_flag.set()
+    run.stop_event.set()
     logic.stop(run)
     assert training.join(timeout=30) is None
     for pid in pids:
