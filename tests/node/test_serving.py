@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import requests
 
 from llnode.node.serving import LifoCondition, make_server
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, 'condition not reached in time'
-        time.sleep(0.005)
+from tests.polling import wait_for
 
 
 def test_notify_wakes_the_newest_waiter_and_notify_all_the_rest() -> None:
