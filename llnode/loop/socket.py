@@ -82,6 +82,19 @@ DISPATCH_JOIN_TIMEOUT = 5.0
 LaneFunction = Callable[..., Hashable | None]
 
 
+def check_handler(event: Any, handler: Any, lane: Any = None) -> None:
+    """Refuse what :meth:`LoopSocket.on` cannot register (a node checks at once, before any socket exists)."""
+    if not isinstance(event, str) or not event:
+        raise ValueError(f'event must be a non-empty string, got {event!r}')
+    if not callable(handler):
+        raise TypeError(f'handler for {event!r} must be callable, got {type(handler).__name__}')
+    if lane is not None:
+        if not callable(lane):
+            raise TypeError(f'lane for {event!r} must be callable or None, got {type(lane).__name__}')
+        if event in INTERNAL_EVENTS:
+            raise ValueError(f'{event!r} is an event of the Loop socket itself; it takes no lane')
+
+
 class _SettingsLike(Protocol):
     @property
     def socket_url(self) -> str: ...
@@ -527,15 +540,7 @@ class LoopSocket:
         next packets wait for it. At most :data:`LANE_CAPACITY` events wait in a lane; one more is refused (an
         ack with ``success: false`` when the Loop asked for one).
         """
-        if not isinstance(event, str) or not event:
-            raise ValueError(f'event must be a non-empty string, got {event!r}')
-        if not callable(handler):
-            raise TypeError(f'handler for {event!r} must be callable, got {type(handler).__name__}')
-        if lane is not None:
-            if not callable(lane):
-                raise TypeError(f'lane for {event!r} must be callable or None, got {type(lane).__name__}')
-            if event in INTERNAL_EVENTS:
-                raise ValueError(f'{event!r} is an event of the link itself; it takes no lane')
+        check_handler(event, handler, lane)
         with self._state_lock:
             known = event in self._handlers
             self._handlers[event] = handler

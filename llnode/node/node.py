@@ -349,17 +349,9 @@ class Node:
         """
         if not self.needs_loop_socket:
             raise RuntimeError(f'{type(self).__name__} has no Loop socket (needs_loop_socket is False)')
-        if not isinstance(event, str) or not event:
-            raise ValueError(f'event must be a non-empty string, got {event!r}')
-        if not callable(handler):
-            raise TypeError(f'handler for {event!r} must be callable')
-        if lane is not None:
-            from llnode.loop.socket import INTERNAL_EVENTS
+        from llnode.loop.socket import check_handler
 
-            if not callable(lane):
-                raise TypeError(f'lane for {event!r} must be callable or None')
-            if event in INTERNAL_EVENTS:
-                raise ValueError(f'{event!r} is an event of the Loop socket itself; it takes no lane')
+        check_handler(event, handler, lane)
         with self._link_lock:
             self._loop_handlers[event] = (handler, lane)
             link = self._loop_socket
