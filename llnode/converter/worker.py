@@ -241,19 +241,23 @@ class ConversionWorker:
             self._current = model
         folder = self.work_root / model.id
         try:
-            uploaded = self._convert(exchange, model, folder)
+            uploaded, error = self._convert(exchange, model, folder), None
         except _Stopped:
+            uploaded, error = False, _Stopped()
+        except Exception as e:
+            uploaded, error = False, e
+        finally:
+            with self._lock:  # cleared before the outcome is recorded, so no reader sees it recorded yet still current
+                self._current = None
+        if isinstance(error, _Stopped):
             logger.info('conversion of model %s interrupted: the node stops', model.id)
             return
-        except Exception as e:
+        if error is not None:
             if self._stop.is_set():  # the node stops (its Loop client may be closed already): not the model's fault
-                logger.info('conversion of model %s ended by the stop: %s: %s', model.id, type(e).__name__, e)
+                logger.info('conversion of model %s ended by the stop: %s: %s', model.id, type(error).__name__, error)
                 return
-            self._failed(model, e, started, folder)
+            self._failed(model, error, started, folder)
             return
-        finally:
-            with self._lock:
-                self._current = None
         self.book.forget(model.id)
         with self._lock:
             self._converted.append(model.id)
