@@ -242,9 +242,7 @@ class ConversionWorker:
         folder = self.work_root / model.id
         try:
             uploaded, error = self._convert(exchange, model, folder), None
-        except _Stopped:
-            uploaded, error = False, _Stopped()
-        except Exception as e:
+        except Exception as e:  # _Stopped included: told apart below
             uploaded, error = False, e
         finally:
             with self._lock:  # cleared before the outcome is recorded, so no reader sees it recorded yet still current
