@@ -64,7 +64,8 @@ class AnnotatorNode(Node):
     ``logic`` is an :class:`~llnode.annotator.logic.AnnotatorLogic` (one node per logic object). Settings default
     to ``Settings.from_env()``; images are kept below ``settings.data_folder``. ``repeat_interval`` is the time
     between two status reports (5 s as the reference). Events from the Loop wait in their frontend's lane of the
-    Loop socket (at most :data:`~llnode.loop.socket.LANE_CAPACITY`); per frontend, at most ``max_pending_events``
+    Loop socket (at most :data:`~llnode.loop.socket.LANE_CAPACITY`, each at most
+    :data:`~llnode.loop.socket.LANE_MAX_WAIT` seconds); per frontend, at most ``max_pending_events``
     events (also direct calls of :meth:`handle_user_input`) wait for their turn at the tool, each at most
     ``turn_timeout`` seconds; a frontend without events for ``history_timeout`` seconds loses its history (None:
     only Escape and logout reset it).

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import queue
 import random
@@ -67,6 +68,10 @@ JITTER_LOW = 0.75
 
 #: Events that may wait in one lane behind the one it runs; one more is refused with an error ack.
 LANE_CAPACITY = 64
+
+#: Seconds an event may wait in its lane. One that waited longer (behind a stuck handler) is stale: it is answered
+#: with an error ack instead of being run, so the lane catches up instead of replaying old input.
+LANE_MAX_WAIT = 30.0
 
 #: Packets one long-polling answer may carry. The server sends everything it queued in one answer, and engineio's
 #: default of 16 (``engineio.payload.Payload.max_decode_packets``, a class attribute and the only setting there
@@ -388,20 +393,31 @@ class _PendingCall:
     lost: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class _LaneRun:
+    """One event waiting in a lane: ``run()`` handles it, ``stale(why)`` answers it when it waited too long."""
+
+    run: Callable[[], None]
+    stale: Callable[[str], None]
+    queued_at: float
+
+
 class _Lanes:
     """Per-key queues of event runs: runs with one key go one after another, in the order they were submitted.
 
-    A lane's thread starts with its first run and ends when the lane's queue is empty. ``_lock`` guards the
-    queues and the closed flag; the threads only take it between two runs.
+    A lane's thread starts with its first run and ends when the lane's queue is empty. A run that waited more than
+    ``max_wait`` seconds is not run; its ``stale`` callback says why. ``_lock`` guards the queues and the closed
+    flag; the threads only take it between two runs.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_wait: float) -> None:
         self.capacity = capacity
+        self.max_wait = max_wait
         self._lock = threading.Lock()
-        self._waiting: dict[Hashable, collections.deque[Callable[[], None]]] = {}
+        self._waiting: dict[Hashable, collections.deque[_LaneRun]] = {}
         self._closed = False
 
-    def submit(self, key: Hashable, run: Callable[[], None]) -> str | None:
+    def submit(self, key: Hashable, run: Callable[[], None], stale: Callable[[str], None]) -> str | None:
         """Run ``run`` in ``key``'s lane once the runs before it are done; why not, or None when accepted."""
         with self._lock:
             if self._closed:
@@ -410,7 +426,7 @@ class _Lanes:
             if waiting is not None:
                 if len(waiting) >= self.capacity:
                     return f'{len(waiting)} events wait in their lane already'
-                waiting.append(run)
+                waiting.append(_LaneRun(run, stale, time.monotonic()))
                 return None
             self._waiting[key] = collections.deque()  # the lane is busy: the thread below runs ``run`` now
         threading.Thread(target=self._drain, args=(key, run), name='llnode-sio-lane', daemon=True).start()
@@ -436,7 +452,13 @@ class _Lanes:
                 if not waiting:
                     del self._waiting[key]
                     return
-                run = waiting.popleft()
+                queued = waiting.popleft()
+            waited = time.monotonic() - queued.queued_at
+            if waited <= self.max_wait:
+                run = queued.run
+                continue
+            why = f'it waited {waited:.1f} s in its lane (at most {self.max_wait:g} s)'
+            run = functools.partial(queued.stale, why)
 
 
 class LoopSocket:
@@ -488,7 +510,7 @@ class LoopSocket:
         self._broken = False
         self._handlers: dict[str, Callable[..., Any]] = {}
         self._lane_functions: dict[str, LaneFunction] = {}
-        self._lanes = _Lanes(LANE_CAPACITY)
+        self._lanes = _Lanes(LANE_CAPACITY, LANE_MAX_WAIT)
         self._pending: set[_PendingCall] = set()
         self._attempts = 0
         self._failures = 0
@@ -538,7 +560,8 @@ class LoopSocket:
         one after another in the order they arrived, in one thread; with None the event runs in a thread of its
         own; a lane function that raises is logged and the event runs without a lane. It must be quick: the
         next packets wait for it. At most :data:`LANE_CAPACITY` events wait in a lane; one more is refused (an
-        ack with ``success: false`` when the Loop asked for one).
+        ack with ``success: false`` when the Loop asked for one), and so is one that waited more than
+        :data:`LANE_MAX_WAIT` seconds behind the others by the time its turn comes.
         """
         check_handler(event, handler, lane)
         with self._state_lock:
@@ -848,11 +871,15 @@ class LoopSocket:
         if key is None:
             threading.Thread(target=run, name='llnode-sio-event', daemon=True).start()
             return
-        problem = self._lanes.submit(key, run)
-        if problem is not None:
+
+        def refuse_with(problem: str) -> None:
             message = f'{event!r} refused: {problem}'
             logger.warning('Loop event %s (lane %r)', message, key)
             refuse({'success': False, 'error_msg': message, 'payload': None})
+
+        problem = self._lanes.submit(key, run, stale=refuse_with)
+        if problem is not None:
+            refuse_with(problem)
 
     def _dispatcher(self, event: str) -> Callable[..., Any]:
         def dispatch(*args: Any) -> dict[str, Any] | None:

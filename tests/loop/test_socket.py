@@ -677,6 +677,57 @@ def test_a_full_lane_refuses_with_the_error_envelope(
     assert all(acks[n] == {'success': True, 'error_msg': None, 'payload': None} for n in range(LANE_CAPACITY + 1))
 
 
+def test_an_event_that_waited_too_long_in_its_lane_is_answered_stale_and_the_lane_catches_up(
+    loop: FakeLoop, make_socket: Callable[..., LoopSocket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    max_wait = 0.3
+    monkeypatch.setattr('llnode.loop.socket.LANE_MAX_WAIT', max_wait)
+    sock = make_socket(loop.settings())
+    gate = threading.Event()
+    arrived = Recorder()
+    ran = Recorder()
+
+    def handler(n: int) -> str:
+        ran.record(n)
+        if n == 0:
+            gate.wait(DEADLINE)
+        return f'done {n}'
+
+    def lane(n: int) -> str:
+        arrived.record(n)
+        return 'slow'
+
+    sock.on('work', handler, lane=lane)
+    sock.connect()
+    sid = loop.last_sid()
+    acks: dict[int, Any] = {}
+
+    def emit(n: int) -> None:
+        loop.sio.emit('work', n, to=sid, callback=lambda answer: acks.__setitem__(n, answer))
+
+    try:
+        emit(0)
+        wait_for(lambda: ran.entries() == [0], what='the first event to hold the lane')
+        emit(1)
+        emit(2)
+        wait_for(lambda: arrived.entries() == [0, 1, 2], what='two events waiting in the lane')
+        queued_by = time.monotonic()
+        wait_for(lambda: time.monotonic() - queued_by > max_wait, what='the waiting events to grow stale')
+    finally:
+        gate.set()
+    wait_for(lambda: len(acks) == 3, what='three acks')
+    assert acks[0] == {'success': True, 'error_msg': None, 'payload': 'done 0'}
+    for n in (1, 2):
+        assert acks[n]['success'] is False and acks[n]['payload'] is None
+        assert acks[n]['error_msg'].startswith("'work' refused: it waited ")
+        assert acks[n]['error_msg'].endswith(f'in its lane (at most {max_wait:g} s)')
+    assert ran.entries() == [0]  # the stale events never reached the handler
+    emit(3)  # the lane caught up: a fresh event runs at once
+    wait_for(lambda: 3 in acks, what='the fresh event')
+    assert acks[3] == {'success': True, 'error_msg': None, 'payload': 'done 3'}
+    assert ran.entries() == [0, 3]
+
+
 def test_a_failing_lane_function_is_logged_and_the_event_runs_without_a_lane(
     loop: FakeLoop, make_socket: Callable[..., LoopSocket], caplog: pytest.LogCaptureFixture
 ) -> None:
