@@ -905,7 +905,12 @@ class LoopSocket:
     def _require_connected(self, event: str) -> Any:
         with self._state_lock:
             if not self._is_connected_locked():
-                raise LoopConnectionError(f'cannot send {event!r}: not connected to the Loop ({self._last_error})')
+                why = self._last_error or 'connect() has not succeeded yet'
+                if self._closed.is_set():
+                    why = 'the Loop socket is closed'
+                elif self._connect_lock.locked():  # also a connect handler's call: the attempt is not done yet
+                    why = f'a connection attempt is under way; {why}'
+                raise LoopConnectionError(f'cannot send {event!r}: not connected to the Loop ({why})')
             return self._sio
 
     def _mark_broken_if_current(self, sio: Any, reason: str) -> None:

@@ -445,6 +445,32 @@ def test_slow_handler_does_not_block_other_events(loop: FakeLoop, make_socket: C
     assert slow_answer == [{'success': True, 'error_msg': None, 'payload': 'slow done'}]
 
 
+def test_call_says_why_it_cannot_send_before_during_and_after_the_connection(
+    loop: FakeLoop, make_socket: Callable[..., LoopSocket]
+) -> None:
+    sock = make_socket(loop.settings())
+    with pytest.raises(LoopConnectionError, match=r"cannot send 'echo': .*\(connect\(\) has not succeeded yet\)"):
+        sock.call('echo', 1)
+    in_handler: list[str] = []
+
+    def on_connect() -> None:  # runs before connect() returns: the link is not ready for calls yet
+        try:
+            sock.call('echo', 1, timeout=DEADLINE)
+        except LoopConnectionError as e:
+            in_handler.append(str(e))
+
+    sock.on('connect', on_connect)
+    sock.connect()
+    assert in_handler == [
+        "cannot send 'echo': not connected to the Loop "
+        '(a connection attempt is under way; connect() has not succeeded yet)'
+    ]
+    assert sock.call('echo', 2)['payload'] == [2]
+    sock.close()
+    with pytest.raises(LoopConnectionError, match=r'\(the Loop socket is closed\)'):
+        sock.call('echo', 3)
+
+
 def test_call_returns_the_loop_ack_and_emit_arrives(loop: FakeLoop, make_socket: Callable[..., LoopSocket]) -> None:
     sock = make_socket(loop.settings())
     sock.connect()
