@@ -428,12 +428,16 @@ class TrainingMachine:
 
     def _transition(self, training: Training, state: TrainerState, **changes: Any) -> None:
         with self._lock:
-            training.training_state = state
-            for name, value in changes.items():
-                setattr(training, name, value)
-            self.checkpoint.save(training)
-            if len(self._history) < HISTORY_LIMIT:
-                self._history.append((state.value, time.monotonic()))
+            self._transition_locked(training, state, **changes)
+
+    def _transition_locked(self, training: Training, state: TrainerState, **changes: Any) -> None:
+        """:meth:`_transition` for a caller that holds ``_lock`` (so that its own changes show with the state)."""
+        training.training_state = state
+        for name, value in changes.items():
+            setattr(training, name, value)
+        self.checkpoint.save(training)
+        if len(self._history) < HISTORY_LIMIT:
+            self._history.append((state.value, time.monotonic()))
 
     def _perform(self, training: Training, run: Run, stage: Stage) -> None:
         key = stage.key
@@ -449,10 +453,10 @@ class TrainingMachine:
         except CriticalError as e:
             message = str(e) or type(e).__name__
             logger.error('training %s: %s failed critically: %s; cleaning up', training.id, key, message)
-            with self._lock:
+            with self._lock:  # the error shows together with the state it leads to, never with the stage's state
                 training.errors[key] = message
                 training.attempts.pop(key, None)
-            self._transition(training, TrainerState.READY_FOR_CLEANUP)
+                self._transition_locked(training, TrainerState.READY_FOR_CLEANUP)
         except Exception as e:
             if run.cancelled:
                 self._interrupted(training, run, stage)
@@ -480,19 +484,24 @@ class TrainingMachine:
         key = stage.key
         message = str(error) or type(error).__name__
         unavailable = is_loop_unavailable(error)
+        # The error is recorded in the same step as the state it leads to (back to the stage's start, or cleanup):
+        # no reader sees the error while the state still says the stage runs.
         with self._lock:
             streak = self._streaks[key] = self._streaks.get(key, 0) + 1
             if not unavailable:
                 training.attempts[key] = training.attempts.get(key, 0) + 1
             failures = training.attempts.get(key, 0)
-            training.errors[key] = message
-        if not unavailable and self.max_attempts is not None and failures >= self.max_attempts:
+            gave_up = not unavailable and self.max_attempts is not None and failures >= self.max_attempts
+            if gave_up:
+                training.errors[key] = f'{message} (gave up after {failures} attempts)'
+                self._transition_locked(training, TrainerState.READY_FOR_CLEANUP)
+            else:
+                training.errors[key] = message
+                self._transition_locked(training, stage.start)
+        if gave_up:
             logger.error(
                 'training %s: %s failed %d times (%s); giving the training up', training.id, key, failures, message
             )
-            with self._lock:
-                training.errors[key] = f'{message} (gave up after {failures} attempts)'
-            self._transition(training, TrainerState.READY_FOR_CLEANUP)
             return
         delay = retry_delay(streak, self.retry_delay, self.max_retry_delay)
         logger.warning(
@@ -504,7 +513,6 @@ class TrainingMachine:
             delay,
         )
         logger.debug('training %s: %s failure', training.id, key, exc_info=error)
-        self._transition(training, stage.start)
         run.cancel_event.wait(delay)  # an abort or the node stop ends the wait
 
     def _cleanup(self, training: Training, run: Run) -> None:
