@@ -120,7 +120,9 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(executor:
 
 
 def test_stop_from_another_thread_while_one_waits(executor: Executor) -> None:
-    executor.start(['bash', '-c', 'trap "" TERM; while true; do sleep 0.05; done'])
+    executor.start(['bash', '-c', 'trap "" TERM; echo ready; while true; do sleep 0.05; done'])
+    # a SIGTERM before bash ran the trap would end it (-15), not test the SIGKILL after the grace period
+    wait_for(lambda: executor.log_tail() == ['ready'], what='the SIGTERM trap to be set')
     results: dict[str, int | None] = {}
 
     def waiter() -> None:
