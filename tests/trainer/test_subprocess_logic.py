@@ -224,7 +224,8 @@ def test_new_best_states_and_progress_reach_the_run_while_it_trains(run: FakeRun
     logic = ScriptedLogic()
     training = Training(logic, run)
     training.wait_until_running()
-    wait_for(lambda: len(run.reported) >= 3, what='three polls while training')
+    # each poll reports the best state, then the progress: wait for both of the third poll
+    wait_for(lambda: len(run.reported) >= 3 and len(run.progress) >= 3, what='three polls while training')
     assert [s.epoch for s in run.reported] == list(range(1, len(run.reported) + 1))
     assert run.progress[:3] == [0.1, 0.2, 0.3]
     run.stop_event.set()
