@@ -143,9 +143,9 @@ def test_abort_raises_and_ends_the_process_after_the_short_grace(run: FakeRun) -
     logic = ScriptedLogic(ignores_term)
     training = Training(logic, run)
     pid = training.wait_until_running()
+    started = time.monotonic()  # before abort(): its SIGTERM starts the grace period
     run.abort_event.set()
     logic.abort(run)
-    started = time.monotonic()
     error = training.join()
     assert isinstance(error, TrainingInterrupted) and error.aborted
     assert logic.abort_grace <= time.monotonic() - started < logic.stop_grace  # SIGKILL after abort_grace
