@@ -463,12 +463,12 @@ class TrainingMachine:
                 return
             self._failed(training, run, stage, e)
         else:
-            with self._lock:
+            with self._lock:  # the cleared error shows together with the next state, as the failures' errors do
                 training.errors.pop(key, None)
                 training.attempts.pop(key, None)
                 self._streaks.pop(key, None)
                 self.stage_seconds[key] = self.stage_seconds.get(key, 0.0) + timer.seconds
-            self._transition(training, stage.after)
+                self._transition_locked(training, stage.after)
 
     def _interrupted(self, training: Training, run: Run, stage: Stage) -> None:
         if run.shutdown_requested:
