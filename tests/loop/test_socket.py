@@ -655,40 +655,53 @@ def test_a_handler_may_call_the_loop(loop: FakeLoop, make_socket: Callable[..., 
     assert answers == [{'success': True, 'error_msg': None, 'payload': f'question {n}'} for n in range(3)]
 
 
+class HeldLane:
+    """A connected socket whose ``work(n)`` events share one lane; event 0 holds it until ``gate`` is set.
+
+    Records the events as they arrive (``arrived``), as the handler runs them (``ran``) and the Loop's acks.
+    """
+
+    def __init__(self, loop: FakeLoop, sock: LoopSocket) -> None:
+        self.gate = threading.Event()
+        self.arrived = Recorder()
+        self.ran = Recorder()
+        self.acks: dict[int, Any] = {}
+        self._loop = loop
+        sock.on('work', self._handle, lane=lambda n: self.arrived.record_and_key(n, 'work'))
+        sock.connect()
+        self._sid = loop.last_sid()
+
+    def _handle(self, n: int) -> str:
+        self.ran.record(n)
+        if n == 0:
+            self.gate.wait(DEADLINE)
+        return f'done {n}'
+
+    def emit(self, n: int) -> None:
+        self._loop.sio.emit('work', n, to=self._sid, callback=lambda answer: self.acks.__setitem__(n, answer))
+
+    def hold(self) -> None:
+        """Send event 0 and wait until it holds the lane."""
+        self.emit(0)
+        wait_for(lambda: self.ran.entries() == [0], what='the first event to hold the lane')
+
+    def done(self, n: int) -> dict[str, Any]:
+        return {'success': True, 'error_msg': None, 'payload': f'done {n}'}
+
+
 def test_a_full_lane_refuses_with_the_error_envelope(
     loop: FakeLoop, make_socket: Callable[..., LoopSocket], caplog: pytest.LogCaptureFixture
 ) -> None:
-    sock = make_socket(loop.settings())
-    gate = threading.Event()
-    arrived = Recorder()
-    ran = Recorder()
-
-    def handler(n: int) -> bool:
-        ran.record(n)
-        return gate.wait(DEADLINE)
-
-    def lane(n: int) -> str:
-        arrived.record(n)
-        return 'busy'
-
-    sock.on('work', handler, lane=lane)
-    sock.connect()
-    sid = loop.last_sid()
-    acks: dict[int, Any] = {}
-
-    def emit(n: int) -> None:
-        loop.sio.emit('work', n, to=sid, callback=lambda answer: acks.__setitem__(n, answer))
-
+    lane = HeldLane(loop, make_socket(loop.settings()))
     try:
-        emit(0)
-        wait_for(lambda: ran.entries() == [0], what='the first event to hold the lane')
+        lane.hold()
         for n in range(1, LANE_CAPACITY + 1):
-            emit(n)
-        wait_for(lambda: len(arrived.entries()) == LANE_CAPACITY + 1, what='a full lane')
+            lane.emit(n)
+        wait_for(lambda: len(lane.arrived.entries()) == LANE_CAPACITY + 1, what='a full lane')
         refused = LANE_CAPACITY + 1
-        emit(refused)
-        wait_for(lambda: refused in acks, what='the refusal')  # at once, while the lane is still held
-        assert acks == {
+        lane.emit(refused)
+        wait_for(lambda: refused in lane.acks, what='the refusal')  # at once, while the lane is still held
+        assert lane.acks == {
             refused: {
                 'success': False,
                 'error_msg': f"'work' refused: {LANE_CAPACITY} events wait in their lane already",
@@ -697,10 +710,10 @@ def test_a_full_lane_refuses_with_the_error_envelope(
         }
         assert "'work' refused" in caplog.text
     finally:
-        gate.set()
-    wait_for(lambda: len(acks) == LANE_CAPACITY + 2, what='every other ack')
-    assert ran.entries() == list(range(LANE_CAPACITY + 1))
-    assert all(acks[n] == {'success': True, 'error_msg': None, 'payload': None} for n in range(LANE_CAPACITY + 1))
+        lane.gate.set()
+    wait_for(lambda: len(lane.acks) == LANE_CAPACITY + 2, what='every other ack')
+    assert lane.ran.entries() == list(range(LANE_CAPACITY + 1))
+    assert all(lane.acks[n] == lane.done(n) for n in range(LANE_CAPACITY + 1))
 
 
 def test_an_event_that_waited_too_long_in_its_lane_is_answered_stale_and_the_lane_catches_up(
@@ -708,50 +721,27 @@ def test_an_event_that_waited_too_long_in_its_lane_is_answered_stale_and_the_lan
 ) -> None:
     max_wait = 0.3
     monkeypatch.setattr('llnode.loop.socket.LANE_MAX_WAIT', max_wait)
-    sock = make_socket(loop.settings())
-    gate = threading.Event()
-    arrived = Recorder()
-    ran = Recorder()
-
-    def handler(n: int) -> str:
-        ran.record(n)
-        if n == 0:
-            gate.wait(DEADLINE)
-        return f'done {n}'
-
-    def lane(n: int) -> str:
-        arrived.record(n)
-        return 'slow'
-
-    sock.on('work', handler, lane=lane)
-    sock.connect()
-    sid = loop.last_sid()
-    acks: dict[int, Any] = {}
-
-    def emit(n: int) -> None:
-        loop.sio.emit('work', n, to=sid, callback=lambda answer: acks.__setitem__(n, answer))
-
+    lane = HeldLane(loop, make_socket(loop.settings()))
     try:
-        emit(0)
-        wait_for(lambda: ran.entries() == [0], what='the first event to hold the lane')
-        emit(1)
-        emit(2)
-        wait_for(lambda: arrived.entries() == [0, 1, 2], what='two events waiting in the lane')
+        lane.hold()
+        lane.emit(1)
+        lane.emit(2)
+        wait_for(lambda: lane.arrived.entries() == [0, 1, 2], what='two events waiting in the lane')
         queued_by = time.monotonic()
         wait_for(lambda: time.monotonic() - queued_by > max_wait, what='the waiting events to grow stale')
     finally:
-        gate.set()
-    wait_for(lambda: len(acks) == 3, what='three acks')
-    assert acks[0] == {'success': True, 'error_msg': None, 'payload': 'done 0'}
+        lane.gate.set()
+    wait_for(lambda: len(lane.acks) == 3, what='three acks')
+    assert lane.acks[0] == lane.done(0)
     for n in (1, 2):
-        assert acks[n]['success'] is False and acks[n]['payload'] is None
-        assert acks[n]['error_msg'].startswith("'work' refused: it waited ")
-        assert acks[n]['error_msg'].endswith(f'in its lane (at most {max_wait:g} s)')
-    assert ran.entries() == [0]  # the stale events never reached the handler
-    emit(3)  # the lane caught up: a fresh event runs at once
-    wait_for(lambda: 3 in acks, what='the fresh event')
-    assert acks[3] == {'success': True, 'error_msg': None, 'payload': 'done 3'}
-    assert ran.entries() == [0, 3]
+        assert lane.acks[n]['success'] is False and lane.acks[n]['payload'] is None
+        assert lane.acks[n]['error_msg'].startswith("'work' refused: it waited ")
+        assert lane.acks[n]['error_msg'].endswith(f'in its lane (at most {max_wait:g} s)')
+    assert lane.ran.entries() == [0]  # the stale events never reached the handler
+    lane.emit(3)  # the lane caught up: a fresh event runs at once
+    wait_for(lambda: 3 in lane.acks, what='the fresh event')
+    assert lane.acks[3] == lane.done(3)
+    assert lane.ran.entries() == [0, 3]
 
 
 def test_a_failing_lane_function_is_logged_and_the_event_runs_without_a_lane(
