@@ -31,6 +31,7 @@ import functools
 import logging
 import queue
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -45,6 +46,7 @@ import websocket
 
 from llnode.logs import QuietLogger, socketio_loggers
 from llnode.loop.errors import LoopConnectionError, LoopError, LoopTimeout
+from llnode.loop.tls_duplex import SerialTlsSocket
 
 logger = logging.getLogger('llnode.loop.socket')
 
@@ -325,13 +327,19 @@ class _CASession(requests.Session):
         return merged
 
 
-class _PromptCloseWebSocket(websocket.WebSocket):
-    """websocket-client's socket with a short closing handshake.
+class _LoopWebSocket(websocket.WebSocket):
+    """websocket-client's socket with a short closing handshake, and TLS calls that never overlap.
 
     ``WebSocket.close()`` waits up to 3 s for the peer's close frame, but engineio's reader thread is reading the
     same socket and consumes that frame, so every disconnect took the full 3 s. The peer has our close frame
-    either way; waiting briefly for its answer is enough.
+    either way; waiting briefly for its answer is enough. Over ``wss://`` the connected socket is wrapped in a
+    :class:`~llnode.loop.tls_duplex.SerialTlsSocket` (engineio reads and writes it from two threads).
     """
+
+    def connect(self, url: str, **options: Any) -> None:
+        super().connect(url, **options)
+        if isinstance(self.sock, ssl.SSLSocket):
+            self.sock = SerialTlsSocket(self.sock)  # type: ignore[assignment]  # has what websocket-client uses
 
     def close(
         self, status: int = websocket.STATUS_NORMAL, reason: bytes | str = b'', timeout: float | None = 0.2
@@ -793,7 +801,7 @@ class LoopSocket:
             request_timeout=self._request_timeout,
             http_session=http,
             handle_sigint=False,
-            websocket_extra_options={'class_': _PromptCloseWebSocket},
+            websocket_extra_options={'class_': _LoopWebSocket},
             **socketio_loggers('llnode.loop.socket'),
         )
         sio.event_runner = self._run_event
