@@ -100,11 +100,6 @@ class FakeLoop:
         if self.certfile:
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_context.load_cert_chain(self.certfile, self.keyfile)
-            # No TLS 1.3 session tickets. Both this server (werkzeug + simple-websocket) and the client read and
-            # write one TLS connection from two threads; with tickets, a WebSocket over it broke now and then
-            # ("WebSocket connection was closed": 4 in 50 runs of the TLS tests, 0 in 120 without tickets). Which
-            # side breaks is not known yet. These tests are about which CA the client trusts.
-            ssl_context.num_tickets = 0
         self._httpd = make_server(
             '127.0.0.1', self.port, app, threaded=True, request_handler=_QuietHandler, ssl_context=ssl_context
         )
