@@ -2,7 +2,7 @@
 
 engineio's threading client reads its WebSocket in one thread and writes it in another. Over ``wss://`` both
 threads then drive one OpenSSL connection at once, and now and then a read reports the connection closed while
-the Loop still holds it open: after a polling-to-WebSocket upgrade, 1.5 to 3 % of connections to a uvicorn
+the Loop still holds it open: after a polling-to-WebSocket upgrade, 1 to 3 % of connections to a uvicorn
 server failed this way on a loaded 2-core machine (none over plain HTTP). This is python-engineio#461,
 python-socketio#1568 and #1577; engineio 4.15.1 has no fix.
 
