@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import selectors
 import shutil
 import socket
 import ssl
@@ -9,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -76,12 +78,19 @@ def read_exactly(sock: ssl.SSLSocket, count: int) -> bytes:
     return bytes(chunks)
 
 
-def test_a_send_goes_out_while_another_thread_waits_in_recv(pair: Pair) -> None:
+def test_a_send_goes_out_while_another_thread_waits_in_recv(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    waiting = threading.Event()
+
+    class WatchedSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+        def select(self, timeout: float | None = None) -> Any:
+            waiting.set()
+            return super().select(timeout)
+
+    monkeypatch.setattr(selectors, 'DefaultSelector', WatchedSelector)
     received: list[bytes] = []
     reader = threading.Thread(target=lambda: received.append(pair.sock.recv(100)), name='test-tls-reader')
     reader.start()
-    wait_for(reader.is_alive, what='the reader to start')
-    time.sleep(0.2)  # no condition shows that the reader waits in select; give it time to get there
+    wait_for(waiting.is_set, what='the reader to wait for the socket')
     started = time.monotonic()
     assert pair.sock.send(b'ping') == 4
     assert time.monotonic() - started < 1.0  # the waiting reader does not hold the lock
