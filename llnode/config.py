@@ -47,6 +47,147 @@ PLAIN: dict[str, str] = {
     'training_slot_lock': 'TRAINING_SLOT_LOCK',
 }
 
+
+@dataclass(frozen=True)
+class EnvironmentVariable:
+    """One environment variable llnode reads: its meaning, and who reads it (for the docs' configuration page)."""
+
+    name: str
+    help: str
+    #: the topic it belongs to, one of :data:`TOPICS`
+    topic: str
+    #: the ``Settings`` field it fills (its default comes from there), or None when read elsewhere
+    setting: str | None = None
+    #: the generic name the reference also accepts (``HOST`` for ``LOOP_HOST``)
+    alias: str | None = None
+    #: the default where ``setting`` is None (as text for the docs)
+    default: str = 'unset'
+    #: the module that reads it, where ``setting`` is None
+    read_by: str = 'llnode.config.Settings'
+
+
+#: Topics of :data:`ENVIRONMENT`, in the order the docs show them.
+TOPICS: dict[str, str] = {
+    'loop': 'Reaching the Learning Loop',
+    'node': 'Every node',
+    'detector': 'Detectors',
+    'trainer': 'Trainers',
+    'process': 'The process and its libraries',
+    'tools': 'Command-line tools',
+}
+
+
+def _setting(field_name: str, topic: str, text: str) -> EnvironmentVariable:
+    primary, alias = ALIASES.get(field_name, (PLAIN.get(field_name, ''), None))
+    return EnvironmentVariable(primary, text, topic, setting=field_name, alias=alias)
+
+
+#: Every environment variable llnode reads, with its meaning: the one place the docs' configuration page is
+#: generated from. ``tests/docs/test_environment_catalogue.py`` fails when code reads a variable missing here.
+ENVIRONMENT: tuple[EnvironmentVariable, ...] = (
+    _setting(
+        'host',
+        'loop',
+        'Host with optional port, and optionally a scheme (``https://loop.example``). Without a scheme, https/wss '
+        'is used only for hosts containing ``learning-loop.ai``.',
+    ),
+    _setting('username', 'loop', 'Login user name.'),
+    _setting('password', 'loop', 'Login password (never logged).'),
+    _setting('organization', 'loop', 'Organization id.'),
+    _setting('project', 'loop', 'Project id.'),
+    _setting('ssl_cert_path', 'loop', "CA bundle used to verify the Loop's certificate (a private CA)."),
+    _setting('data_folder', 'node', 'Root of all local state (models, outbox, trainings); created if missing.'),
+    _setting('skip_repeat_on_start', 'node', 'Start with the repeat cycle muted.'),
+    _setting(
+        'use_backdoor_controls',
+        'node',
+        "Mount the test/control routes the Loop's own tests drive (``POST /reset``, the trainer's backdoor).",
+    ),
+    _setting('node_version', 'node', 'Sent as ``node_version`` in the detector status.'),
+    _setting('sync_cycles', 'detector', 'Detector status POST every N repeat cycles (5 s each).'),
+    _setting(
+        'version_control_default',
+        'detector',
+        '``pause`` starts the detector paused; a choice made with ``PUT /model_version`` is saved and wins at a '
+        'restart.',
+    ),
+    _setting(
+        'exclusive_model_build',
+        'detector',
+        'Free the old model before building a new one (for models that do not fit twice into memory).',
+    ),
+    _setting('min_uncertain_threshold', 'detector', "Lower bound of the relevance filter's uncertain band."),
+    _setting('max_uncertain_threshold', 'detector', 'Upper bound (inclusive) of the uncertain band.'),
+    _setting('max_outbox_size', 'detector', "Cap of the detector's normal outbox queue; drops are counted."),
+    _setting('inference_batch_size', 'trainer', "Images per batch in the trainer's detecting stage."),
+    _setting('restart_after_training', 'trainer', 'The trainer exits (code 0) after a training ends.'),
+    _setting('keep_old_trainings', 'trainer', 'Keep older training folders.'),
+    _setting('trainer_idle_timeout_sec', 'trainer', 'The trainer exits (code 0) after being idle this long; 0 is off.'),
+    _setting(
+        'training_slot_lock',
+        'trainer',
+        'Lock file several trainers share to take turns on one GPU (its folder must exist).',
+    ),
+    EnvironmentVariable(
+        'LLNODE_ALLOCATOR',
+        "``default`` leaves glibc's malloc as it is under ``serve()``; otherwise it is tuned for serving images.",
+        'process',
+        default='tuned',
+        read_by='llnode.node.memory',
+    ),
+    EnvironmentVariable(
+        'PILLOW_BLOCKS_MAX',
+        "Pillow's own setting; where it is unset, the detector lets Pillow keep a few image blocks for reuse.",
+        'process',
+        read_by='llnode.detector.images',
+    ),
+    EnvironmentVariable(
+        'REQUESTS_CA_BUNDLE',
+        "requests' CA bundle, used by ``LoopClient`` where ``LOOP_SSL_CERT_PATH`` is unset.",
+        'process',
+        read_by='llnode.loop.http',
+    ),
+    EnvironmentVariable(
+        'CURL_CA_BUNDLE',
+        'Used like ``REQUESTS_CA_BUNDLE`` where that is unset.',
+        'process',
+        read_by='llnode.loop.http',
+    ),
+    EnvironmentVariable(
+        'RANK',
+        "torch.distributed's rank of this process; callbacks limited to rank 0 run only there.",
+        'process',
+        default='0',
+        read_by='llnode.trainer.callbacks',
+    ),
+    EnvironmentVariable(
+        'OMP_WAIT_POLICY',
+        "OpenMP's setting; ``llnode demo`` sets it to ``PASSIVE`` where unset, so idle torch threads sleep.",
+        'process',
+        read_by='llnode.demo.command',
+    ),
+    EnvironmentVariable(
+        'LLNODE_LOOP_URL',
+        'The local Loop ``llnode control`` talks to (its ``--url`` default).',
+        'tools',
+        default='http://127.0.0.1:8080',
+        read_by='llnode.localloop.command',
+    ),
+)
+
+
+def setting_default(variable: EnvironmentVariable) -> str:
+    """The default of a variable as the docs show it: the ``Settings`` field's default, or the catalogue's text."""
+    if variable.setting is None:
+        return variable.default
+    value = {f.name: f.default for f in dataclasses.fields(Settings)}[variable.setting]
+    if value is None or value == '':
+        return 'unset'
+    if isinstance(value, bool):
+        return 'on' if value else 'off'
+    return str(value)
+
+
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off', ''}
 

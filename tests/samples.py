@@ -54,15 +54,19 @@ def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
 
 
 @contextlib.contextmanager
-def sample_process(script: str, local_loop: LocalLoop, data_folder: Path, *args: str) -> Iterator[Sample]:
-    """``python samples/<script> --host 127.0.0.1 --port 0 <args>`` with the ``LOOP_*`` variables of ``local_loop``.
+def sample_process(
+    script: str | Path, local_loop: LocalLoop, data_folder: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[Sample]:
+    """``python samples/<script> --host 127.0.0.1 --port 0 <args>`` with the ``LOOP_*`` variables of ``local_loop``
+    (and ``env``); a ``Path`` is run as it is, without the ``--host``/``--port`` arguments.
 
     Yields once the sample says where it serves; afterwards it is killed if still alive, and ``output`` holds
     everything it printed (check it for tracebacks after the ``with``).
     """
     settings = local_loop.settings()
-    env = {
+    environment = {
         **os.environ,
+        **(env or {}),
         'LOOP_HOST': settings.host,
         'LOOP_USERNAME': settings.username,
         'LOOP_PASSWORD': settings.password,
@@ -70,8 +74,13 @@ def sample_process(script: str, local_loop: LocalLoop, data_folder: Path, *args:
         'LOOP_PROJECT': settings.project,
         'DATA_FOLDER': str(data_folder),
     }
-    command = [sys.executable, str(REPO / 'samples' / script), '--host', '127.0.0.1', '--port', '0', *args]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if isinstance(script, Path):
+        command = [sys.executable, str(script), *args]
+    else:
+        command = [sys.executable, str(REPO / 'samples' / script), '--host', '127.0.0.1', '--port', '0', *args]
+    process = subprocess.Popen(
+        command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), name='test-sample-output', daemon=True)
     reader.start()
