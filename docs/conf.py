@@ -29,16 +29,9 @@ html_title = f'llnode {release}'
 exclude_patterns = ['_build', 'examples']
 templates_path: list[str] = []
 
-# The API reference documents what each module exports; members without a docstring are left out.
-autodoc_default_options = {'members': True, 'show-inheritance': True}
+# The API reference lists members where api.rst asks for them (``:members:``); those without a docstring are left out.
+autodoc_default_options = {'show-inheritance': True}
 autodoc_member_order = 'bysource'
 autodoc_typehints = 'description'
-# Type hints name classes of other libraries (numpy, flask, socketio) that have no page here.
-nitpicky = False
 # torch is optional: the torch parts of the API are documented without it installed.
 autodoc_mock_imports = ['torch']
-suppress_warnings = ['autodoc.import_object']
-
-rst_prolog = """
-.. |repo| replace:: https://github.com/zauberzeug/llnode
-"""
