@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,7 @@ EXAMPLES = REPO / 'docs' / 'examples'
 ORGANIZATION, PROJECT = 'zauberzeug', 'demo'
 
 #: every example a test here runs; test_every_example_is_run checks that none is left out
-RUN_HERE = {'detector.py', 'trainer.py', 'annotator.py', 'converter.py'}
+RUN_HERE = {'detector.py', 'trainer.py', 'annotator.py', 'converter.py', 'local_loop_faults.py'}
 
 
 def control(loop: LocalLoop, *command: str, capsys: pytest.CaptureFixture[str]) -> Any:
@@ -171,3 +173,16 @@ def test_converter_guide(local_loop: LocalLoop, run_example: Any, capsys: pytest
     _, path = local_loop.store.model_zip(ORGANIZATION, PROJECT, mocked[0], 'mocked_upper')
     with zipfile.ZipFile(path) as archive:
         assert archive.read('file_1.txt') == b'CONTENT OF FILE ONE'
+
+
+def test_local_loop_fault_example() -> None:
+    """The local Loop page's example, run as a script: the first request fails with the injected 503."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / 'local_loop_faults.py')], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        'first try: 503',
+        'second try: 10 complete images',
+        'the rule answered 1 request',
+    ]
