@@ -52,9 +52,8 @@ def iterator_cpu_bound(it: Callable[..., Iterator[T]], *args: Any, **kwargs: Any
     """Run ``it(*args, **kwargs)`` in a spawned process; the ``with`` block gets an iterator over its items."""
     context = multiprocessing.get_context('spawn')
     items: Any = context.Queue(maxsize=1)
-    process = context.Process(
-        target=_produce, args=(it, items, args, kwargs), name='llnode-iterator-cpu-bound', daemon=True
-    )
+    # not a daemon: the generator may start processes of its own (a decoding pool); the finally below ends it
+    process = context.Process(target=_produce, args=(it, items, args, kwargs), name='llnode-iterator-cpu-bound')
     process.start()
     try:
         yield _consume(process, items)
