@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import inspect
 import logging
 import os
 import shlex
@@ -144,7 +145,12 @@ def node_parser(
     ``host`` and ``port`` are the defaults (the reference's: ``0.0.0.0:80``, what a container wants); every
     option added later is an environment variable too (see :class:`NodeArgumentParser`).
     """
+    from llnode.node.node import Node
     from llnode.node.serving import SERVERS
+
+    default_server = inspect.signature(Node.serve).parameters['server'].default
+    if not isinstance(default_server, str) or default_server not in SERVERS:
+        default_server = "the node's choice"
 
     parser = NodeArgumentParser(description=description, legacy_env_prefix=legacy_env_prefix, **parser_options)
     every = host in ('0.0.0.0', '::')
@@ -164,7 +170,7 @@ def node_parser(
         choices=SERVERS,
         default=None,
         env_var='NODE_SERVER',
-        help=f'the HTTP server: {", ".join(SERVERS)} (default: what serve() picks)',
+        help=f'the HTTP server: {", ".join(SERVERS)} (default: {default_server})',
     )
     if vram_limit:
         parser.add_argument(
