@@ -9,11 +9,12 @@ Two implementations: :class:`SubprocessTrainerLogic` (a training command, e.g. a
 
 from __future__ import annotations
 
-from llnode.trainer.callbacks import Callback, ConfusionCounter, current_rank, f1_score, macro_f1
+from llnode.trainer.callbacks import Callback, ConfusionCounter, current_rank, f1_score
 from llnode.trainer.executor import Executor, ExecutorError
 from llnode.trainer.inprocess import InProcessTrainerLogic, TrainingHooks
 from llnode.trainer.logic import BestState, CriticalError, TrainerLogic, TrainingInterrupted, TrainingRun
 from llnode.trainer.machine import TrainingRefused
+from llnode.trainer.metrics import macro_f1
 from llnode.trainer.node import TrainerNode
 from llnode.trainer.slot import (
     AlwaysFreeSlot,

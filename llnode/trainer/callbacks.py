@@ -210,12 +210,6 @@ def f1_score(matrix: Mapping[str, Mapping[str, int]]) -> float:
     return 2 * tp / denominator if denominator else 0.0
 
 
-def macro_f1(matrix: Mapping[str, Mapping[str, int]]) -> float:
-    """The mean of the per-category F1 scores, over the categories that have any counts; 0.0 when none has."""
-    scores = [f1_score({key: row}) for key, row in matrix.items() if row['tp'] + row['fp'] + row['fn']]
-    return sum(scores) / len(scores) if scores else 0.0
-
-
 class ConfusionCounter:
     """Adds up tp/fp/fn per category uuid while a loop evaluates, then gives the Loop's confusion matrix.
 

@@ -68,6 +68,18 @@ class TrainingRun(Protocol):
         """The Loop's metadata items of the downloaded training images (``id``, ``set`` train/test, annotations)."""
         ...
 
+    def train_images(self) -> list[dict[str, Any]]:
+        """The items of ``image_data`` in set ``train`` (the validation images are not among them)."""
+        ...
+
+    def val_images(self) -> list[dict[str, Any]]:
+        """The validation images (set ``val``, see :mod:`llnode.trainer.validation_set`); else the test images."""
+        ...
+
+    def test_images(self) -> list[dict[str, Any]]:
+        """The items of ``image_data`` in set ``test``."""
+        ...
+
     @property
     def base_model_folder(self) -> Path | None:
         """The folder holding the base model's files and its ``base_model.json``; None when training from scratch."""

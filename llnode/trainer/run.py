@@ -260,6 +260,18 @@ class Run:
                 self._image_data = self.training.load_image_data()
             return self._image_data
 
+    def train_images(self) -> list[dict[str, Any]]:
+        """The image items of set ``train`` (without the validation images)."""
+        return [item for item in self.image_data if item.get('set') == 'train']
+
+    def val_images(self) -> list[dict[str, Any]]:
+        """The validation images (set ``val``); the test images when the training has no validation set."""
+        return [item for item in self.image_data if item.get('set') == 'val'] or self.test_images()
+
+    def test_images(self) -> list[dict[str, Any]]:
+        """The image items of set ``test``."""
+        return [item for item in self.image_data if item.get('set') == 'test']
+
     @property
     def base_model_folder(self) -> Path | None:
         return self.training_folder if (self.training_folder / 'base_model.json').is_file() else None

@@ -40,6 +40,7 @@ from llnode.schema import Detections, ModelInformation, SchemaError, TrainerStat
 from llnode.trainer.logic import CriticalError, TrainerLogic, TrainingInterrupted
 from llnode.trainer.run import Run
 from llnode.trainer.training import CORE_FOLDER, Training
+from llnode.trainer.validation_set import assign_validation_set
 
 logger = logging.getLogger('llnode.trainer.stages')
 
@@ -147,6 +148,7 @@ class StageWork:
         self.training.skipped_image_count = len(metadata) - len(image_data)
         if report.corrupt:
             logger.warning('%s: dropped %d corrupt images: %s', self.run, len(report.corrupt), report.corrupt[:10])
+        assign_validation_set(image_data, self.training.hyperparameters)
         self.training.save_image_data(image_data)
         self.progress = 1.0
         logger.info(

@@ -30,12 +30,12 @@ from llnode.trainer.callbacks import (
     StopCheck,
     current_rank,
     f1_score,
-    macro_f1,
     ordered,
     validate_confusion_matrix,
 )
 from llnode.trainer.inprocess import TrainingHooks
 from llnode.trainer.logic import TrainingInterrupted
+from llnode.trainer.metrics import macro_f1
 from tests.trainer.fake_run import FakeRun as SharedFakeRun
 
 CATEGORIES = [Category(id='uuid-cat', name='cat'), Category(id='uuid-dog', name='dog')]
@@ -291,7 +291,8 @@ def test_scores() -> None:
     both = {**matrix(3, 1, 2), **matrix(0, 2, 0, key='uuid-dog')}
     assert f1_score(both) == pytest.approx(6 / 11)  # pooled counts
     assert macro_f1(both) == pytest.approx((6 / 9 + 0) / 2)
-    assert macro_f1({**matrix(4), **matrix(0, key='uuid-dog')}) == 1.0  # a category with no counts is left out
+    # a category with no counts scores 0 and counts in the mean (the reference 0.27's rule)
+    assert macro_f1({**matrix(4), **matrix(0, key='uuid-dog')}) == 0.5
     assert f1_score({}) == 0.0
     assert macro_f1(matrix(0)) == 0.0
 
