@@ -2,7 +2,7 @@
 ``pred_det.py``): the uploaded model over the project's images.
 
 It reads the image paths from ``--source`` (one per line), runs the network in batches (probed on a GPU with the
-toolkit's ``probe_batch_size``, the documented fallback on CPU), keeps the boxes ``post_process`` keeps (strict
+toolkit's ``probe_batch_size``; on CPU its documented fallback), keeps the boxes ``post_process`` keeps (strict
 confidence threshold, per-class NMS, clipped to the image) and writes one JSON line per image to ``--out``::
 
     {"image_id": "...", "width": 640, "height": 480, "predictions": [{"x": ..., "y": ..., "width": ...,
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -27,7 +28,6 @@ import torch
 from llnode.detector.postprocess import post_process
 from llnode.detector.torch_logic import choose_device
 from llnode.durable import atomic_writer
-from llnode.trainer.batch_size import no_gpu_batch_size
 from llnode.trainer.cuda import add_vram_limit_argument, limit_cuda_memory, probe_batch_size
 
 
@@ -80,19 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     paths = [Path(line) for line in args.source.read_text().splitlines() if line.strip()]
     if not paths:
         raise SystemExit(f'error: {args.source} lists no images')
-    options = {'resolution': resolution, 'conf': args.conf_thres, 'iou': args.iou_thres}
+    run = functools.partial(detect, net, device=device, resolution=resolution, conf=args.conf_thres, iou=args.iou_thres)
 
-    if device.type == 'cuda':
-        batch_size = probe_batch_size(
-            lambda size: detect(net, paths[:size], device, **options), probe='detection', limit=len(paths)
-        )
-    else:
-        batch_size = no_gpu_batch_size(len(paths), 'detection', 1)
+    def trial(size: int) -> str | None:
+        run(paths[:size])
+        return None
+
+    batch_size = probe_batch_size(trial, probe='detection', limit=len(paths))
     print(f'detecting {len(paths)} images in batches of {batch_size} on {device}', flush=True)
 
     with atomic_writer(args.out, 'w') as handle:
         for start in range(0, len(paths), batch_size):
-            for result in detect(net, paths[start : start + batch_size], device, **options):
+            for result in run(paths[start : start + batch_size]):
                 handle.write(json.dumps(result) + '\n')
     return 0
 

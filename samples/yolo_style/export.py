@@ -31,7 +31,9 @@ def export(weights: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or '').split('\n\n')[0])
     parser.add_argument('--weights', type=Path, required=True, help='a checkpoint written by train.py')
-    parser.add_argument('--out', type=Path, required=True, help=f'where to write the export ({network.TORCHSCRIPT_FILE})')
+    parser.add_argument(
+        '--out', type=Path, required=True, help=f'where to write the export ({network.TORCHSCRIPT_FILE})'
+    )
     args = parser.parse_args(argv)
     path = export(args.weights, args.out)
     print(f'exported {args.weights} to {path}', flush=True)

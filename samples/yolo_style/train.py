@@ -41,7 +41,16 @@ from llnode.trainer.metrics import macro_f1
 logger = logging.getLogger('yolo_style.train')
 
 #: the hyperparameters train.py needs in hyp.json (the sample's hyp.json has them all)
-REQUIRED = ('epochs', 'resolution', 'learning_rate', 'weight_decay', 'fliplr', 'seed', 'detect_nms_conf_thres', 'detect_nms_iou_thres')
+REQUIRED = (
+    'epochs',
+    'resolution',
+    'learning_rate',
+    'weight_decay',
+    'fliplr',
+    'seed',
+    'detect_nms_conf_thres',
+    'detect_nms_iou_thres',
+)
 #: images per forward pass when scoring the validation split
 EVAL_BATCH = 16
 
@@ -145,7 +154,9 @@ def train(args: argparse.Namespace) -> None:
     hyp = network.read_json_object(args.hyp)
     missing = [key for key in REQUIRED if key not in hyp]
     if missing:
-        raise SystemExit(f'error: {args.hyp} lacks {", ".join(missing)} (the node writes it from the sample\'s hyp.json)')
+        raise SystemExit(
+            f"error: {args.hyp} lacks {', '.join(missing)} (the node writes it from the sample's hyp.json)"
+        )
     limit_cuda_memory(float(args.vram_limit_gb))
     device = choose_device(args.device)
     torch.manual_seed(int(hyp['seed']))
@@ -169,7 +180,9 @@ def train(args: argparse.Namespace) -> None:
             net.load_state_dict(base.state_dict())
             print(f'starting from {args.weights}', flush=True)
         else:
-            print(f'the weights in {args.weights} are for other categories or another resolution; training from scratch')
+            print(
+                f'the weights in {args.weights} are for other categories or another resolution; training from scratch'
+            )
     net = net.to(device).train()
 
     batch_size = measure_batch_size(

@@ -30,7 +30,9 @@ class EpochLine:
 
     def format(self) -> str:
         parts = [f'epoch {self.epoch}/{self.epochs}']
-        parts += [f'{name} {value:.4f}' if name != 'batch' else f'{name} {int(value)}' for name, value in self.metrics.items()]
+        parts += [
+            f'{name} {value:.4f}' if name != 'batch' else f'{name} {int(value)}' for name, value in self.metrics.items()
+        ]
         return ' '.join(parts)
 
     @property

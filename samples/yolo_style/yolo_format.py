@@ -26,9 +26,18 @@ DATASET_FILE = 'dataset.json'
 DEFAULT_POINT_SIZE = 20
 
 
-def yolo_labels(item: Mapping[str, Any], run: TrainingRun) -> list[list[float]]:
+def image_size(item: Mapping[str, Any], path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image item: the Loop sends them; where it did not, the JPEG's header says."""
+    if item.get('width') and item.get('height'):
+        return int(item['width']), int(item['height'])
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+def yolo_labels(item: Mapping[str, Any], run: TrainingRun, width: float, height: float) -> list[list[float]]:
     """The YOLO label rows of one image item of the Loop (its box and point annotations)."""
-    width, height = float(item['width']), float(item['height'])
     index = {c.id: i for i, c in enumerate(run.categories)}
     sizes = {c.id: c.point_size or DEFAULT_POINT_SIZE for c in run.categories}
     rows: list[list[float]] = []
@@ -55,13 +64,14 @@ def _entries(items: Iterable[Mapping[str, Any]], run: TrainingRun) -> list[dict[
         if not path.is_file():
             run.logger.warning('image %s is missing in %s; it is left out', item['id'], run.images_folder)
             continue
+        width, height = image_size(item, path)
         entries.append(
             {
                 'id': item['id'],
                 'image': str(path),
-                'width': int(item['width']),
-                'height': int(item['height']),
-                'labels': yolo_labels(item, run),
+                'width': width,
+                'height': height,
+                'labels': yolo_labels(item, run, width, height),
             }
         )
     return entries
@@ -75,9 +85,9 @@ def create_file_structure(run: TrainingRun) -> Path:
     kinds = {CategoryType.BOX.value, CategoryType.POINT.value}
     if not any(c.type in kinds for c in run.categories):
         raise CriticalError('the training has no box or point category; a YOLO-style model detects only those')
-    train = _entries(run.train_images(), run)  # type: ignore[attr-defined]
-    val = _entries(run.val_images(), run)  # type: ignore[attr-defined]
-    test = _entries(run.test_images(), run)  # type: ignore[attr-defined]
+    train = _entries(run.train_images(), run)
+    val = _entries(run.val_images(), run)
+    test = _entries(run.test_images(), run)
     if not train:
         raise CriticalError('no training images: the training set is empty')
     if not val:
