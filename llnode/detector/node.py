@@ -670,10 +670,14 @@ def _image_for_outbox(image: np.ndarray | bytes) -> np.ndarray | bytes:
 
 
 def _set_category_ids(metadata: ImageMetadata, model: ModelInformation) -> None:
-    """Every detection's ``category_id`` from the model's category of the same name, ``""`` where none (reference)."""
+    """Every detection's ``category_id`` from the model's category of the same name, ``""`` where none (reference).
+
+    The names the model does not know are listed in one warning (0.27), not one line per detection.
+    """
     ids: dict[str, str] = {}
     for category in model.categories:
         ids.setdefault(category.name, category.id)
+    unknown: dict[str, None] = {}
     for detections in (
         metadata.box_detections,
         metadata.point_detections,
@@ -682,6 +686,14 @@ def _set_category_ids(metadata: ImageMetadata, model: ModelInformation) -> None:
     ):
         for detection in detections:
             detection.category_id = ids.get(detection.category_name, '')
+            if detection.category_name not in ids:
+                unknown[detection.category_name] = None
+    if unknown:
+        logger.warning(
+            'uploaded detections name categories that model %s does not have (their category_id is empty): %s',
+            model.version,
+            ', '.join(repr(name) for name in unknown),
+        )
 
 
 def _empty_folder(folder: Path) -> None:

@@ -2,9 +2,10 @@
 
 The reference 0.27's ``trainer/batch_size.py`` under the same names and with the same results, so a ported
 trainer changes only its imports. :func:`find_batch_size` is given a ``fits(batch_size) -> bool`` (one trial of
-the real training step, see :mod:`llnode.trainer.cuda`) and searches by doubling: the minimum, then the powers of
-two above it up to the largest one within the limit, stopping at the first that does not fit; only when every
-power of two up to that ceiling fit is the exact ``candidate`` (the requested size) tried as well. The idea of
+the real training step, see :mod:`llnode.trainer.cuda`) and searches by doubling through powers of two, so equal
+hardware gives an equal recipe: the minimum, then its doubles up to the largest power of two within the limit,
+stopping at the first that does not fit; only when every power of two up to that ceiling fit is the exact
+``candidate`` (the size a training asked for) tried as well. The idea of
 a doubling search comes from PyTorch Lightning's BatchSizeFinder; this code is llnode's own.
 
 Examples (the reference's documented ones): sizes up to 300 fit → 256 for limit 1024; limit and candidate 200 →
@@ -56,30 +57,25 @@ def batch_count(sample_count: int, batch_size: int) -> int:
 
 
 def dataset_limit(sample_count: int) -> int:
-    """The largest batch size for ``sample_count`` training images: ``max(1, n // 8)``."""
+    """The largest batch size for ``sample_count`` (≥ 1) training images: ``max(1, n // 8)``."""
+    if sample_count < 1:
+        raise ValueError(f'sample_count must be >= 1, got {sample_count}')
     return max(1, sample_count // MIN_TRAIN_STEPS_PER_EPOCH)
 
 
 def requested_batch_size(hyperparameters: Mapping[str, Any]) -> int:
     """The ``max_batch_size`` hyperparameter as an int; ``''``, None and absent mean 0 (the card decides).
 
-    An int, or a string of one (``'16'``), is accepted; anything else (``'16.0'``, ``16.5``, ``True``, a negative
-    number) raises :class:`ValueError` naming the hyperparameter.
+    Read as the reference reads it (``int(value)``): ``16`` and ``'16'`` give 16, a string that is no whole number
+    (``'16.0'``) raises :class:`ValueError` naming the hyperparameter. A bool is refused as well.
     """
-    value = hyperparameters.get(REQUESTED_BATCH_SIZE)
-    if value is None or value == '':
-        return 0
+    value = hyperparameters.get(REQUESTED_BATCH_SIZE) or 0
     if isinstance(value, bool):
         raise ValueError(f'hyperparameter {REQUESTED_BATCH_SIZE} must be a whole number, got {value!r}')
     try:
-        number = int(value.strip()) if isinstance(value, str) else int(value)
+        return int(value)
     except (TypeError, ValueError):
         raise ValueError(f'hyperparameter {REQUESTED_BATCH_SIZE} must be a whole number, got {value!r}') from None
-    if isinstance(value, float) and number != value:
-        raise ValueError(f'hyperparameter {REQUESTED_BATCH_SIZE} must be a whole number, got {value!r}')
-    if number < 0:
-        raise ValueError(f'hyperparameter {REQUESTED_BATCH_SIZE} must be >= 0 (0: no cap), got {value!r}')
-    return number
 
 
 def no_gpu_batch_size(limit: int, probe: str = 'training', minimum: int = 1) -> int:
@@ -99,25 +95,21 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def find_batch_size(fits: Callable[[int], bool], *, limit: int, minimum: int = 1, candidate: int = 0) -> int:
-    """The largest batch size that ``fits``, searched by doubling (see the module docstring).
+    """The largest batch size that ``fits``, never above ``limit`` (see the module docstring).
 
-    Raises :class:`InsufficientMemoryError` when ``minimum`` does not fit, :class:`ValueError` for a limit below
-    the minimum.
+    ``minimum`` is rounded down to a power of two and tried first (a limit below it is raised to it); the
+    doubling stops at the first size that fails or at the ceiling, the largest power of two within the limit.
+    Only when the ceiling was reached is ``candidate`` tried, and only if it lies above the ceiling and within the
+    limit. Raises :class:`InsufficientMemoryError` when the minimum does not fit.
     """
-    if minimum < 1:
-        raise ValueError(f'the minimum batch size must be >= 1, got {minimum!r}')
-    if limit < minimum:
-        raise ValueError(f'the batch size limit {limit!r} is below the minimum {minimum!r}')
-    if not fits(minimum):
-        raise InsufficientMemoryError(f'batch size {minimum} does not fit into the available memory')
-    best = minimum
-    ceiling = smaller_pot(limit)
-    size = smaller_pot(minimum) * 2
-    while size <= ceiling:
-        if not fits(size):
-            return best
-        best = size
+    start = smaller_pot(max(1, minimum))
+    bound = max(limit, start)
+    ceiling = max(smaller_pot(bound), start)
+    if not fits(start):
+        raise InsufficientMemoryError(f'batch size {start} does not fit into the available memory')
+    size = start
+    while size < ceiling and fits(size * 2):
         size *= 2
-    if ceiling < candidate <= limit and candidate > best and fits(candidate):
-        best = candidate
-    return best
+    if size == ceiling and ceiling < candidate <= bound and fits(candidate):
+        size = candidate  # the named size is reachable: the doubling did not stop below the ceiling
+    return size

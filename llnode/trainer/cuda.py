@@ -166,6 +166,8 @@ def measured_fits(
         reason = ''
         try:
             detail = run_batch(batch_size)
+            if torch is not None:
+                torch.cuda.synchronize()  # an asynchronous launch fails here, not later
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
@@ -194,29 +196,31 @@ def measure_batch_size(
     *,
     max_batch_size: int = 0,
     sample_count: int | None = None,
-    probe: str = 'training',
+    probe: str = 'batch-size probe',
     minimum: int = 1,
     steps_per_trial: int = DEFAULT_STEPS_PER_TRIAL,
 ) -> int:
     """The largest training batch size that fits the GPU budget, at most ``max_batch_size`` (0: no cap).
 
     ``build_step()`` builds the model and optimizer for probing (called only after the margin is reserved);
-    with ``sample_count`` the size is also bounded by :func:`~llnode.trainer.batch_size.dataset_limit`. Without
-    CUDA it returns :func:`~llnode.trainer.batch_size.no_gpu_batch_size`.
+    with ``sample_count`` the size is also bounded by :func:`~llnode.trainer.batch_size.dataset_limit`. A
+    requested size that fits is used as asked, a power of two or not; one that does not becomes the largest power
+    of two below it that does. Without CUDA it returns :func:`~llnode.trainer.batch_size.no_gpu_batch_size`.
     """
     _check_count('max_batch_size', max_batch_size, 0)
     _check_count('minimum', minimum, 1)
     _check_count('steps_per_trial', steps_per_trial, 1)
     if sample_count is not None:
-        _check_count('sample_count', sample_count, 0)
+        _check_count('sample_count', sample_count, 1)
     if 0 < max_batch_size < minimum:
         logger.warning(
             'the requested batch size %d is below the minimum %d; using the minimum', max_batch_size, minimum
         )
-    limit = max_batch_size or MAX_BATCH_SIZE
+    limit = max_batch_size
     if sample_count is not None:
-        limit = min(limit, dataset_limit(sample_count))
-    limit = max(limit, minimum)
+        limit = min(limit or MAX_BATCH_SIZE, dataset_limit(sample_count))
+        logger.info('%s: %d training samples allow at most %d per batch', probe, sample_count, limit)
+    limit = max(limit or MAX_BATCH_SIZE, minimum)
     if not cuda_available():
         return no_gpu_batch_size(limit, probe, minimum)
     margin = reserve_margin()
@@ -233,7 +237,10 @@ def measure_batch_size(
             return val or detail
 
         size = find_batch_size(
-            measured_fits(trial, probe, step.on_out_of_memory), limit=limit, minimum=minimum, candidate=limit
+            measured_fits(trial, probe, step.on_out_of_memory),
+            limit=limit,
+            minimum=minimum,
+            candidate=max_batch_size,  # the requested size, never the dataset's bound
         )
     finally:
         if step is not None:
@@ -244,14 +251,14 @@ def measure_batch_size(
     return size
 
 
-def probe_batch_size(run_batch: Callable[[int], str | None], *, probe: str, limit: int = 0) -> int:
+def probe_batch_size(run_batch: Callable[[int], str | None], *, probe: str = 'batch-size probe', limit: int = 0) -> int:
     """The largest batch size for a pass without a requested size (e.g. detection); one call per trial."""
     _check_count('limit', limit, 0)
     limit = limit or MAX_BATCH_SIZE
     if not cuda_available():
         return no_gpu_batch_size(limit, probe, 1)
     try:
-        size = find_batch_size(measured_fits(run_batch, probe), limit=limit, candidate=limit)
+        size = find_batch_size(measured_fits(run_batch, probe), limit=limit)
     finally:
         free_cuda_memory()
     logger.info('%s batch size: %d (limit %d)', probe, size, limit)

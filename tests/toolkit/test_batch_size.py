@@ -53,19 +53,23 @@ def test_the_minimum_must_fit() -> None:
     with pytest.raises(InsufficientMemoryError, match='batch size 4'):
         find_batch_size(fits, limit=64, minimum=4)
     assert issubclass(InsufficientMemoryError, CriticalError)  # no retry helps: the training gives up
-    with pytest.raises(ValueError, match='below the minimum'):
-        find_batch_size(fits, limit=2, minimum=4)
+    asked, fits = up_to(100)
+    assert find_batch_size(fits, limit=2, minimum=6) == 4  # the minimum rounded down to a power of two wins
+    assert asked == [4]
 
 
 def expected(largest: int, limit: int, minimum: int, candidate: int) -> int:
-    """The documented rules in closed form: the minimum, then every power of two above it up to the ceiling
-    (stopping at the first that fails); the candidate only if all of them fit and it lies in (ceiling, limit]."""
-    ceiling = 1 << (limit.bit_length() - 1)
-    powers = [1 << k for k in range(12) if minimum < 1 << k <= ceiling]
+    """The documented rules in closed form: the minimum rounded down to a power of two, then every power of two
+    above it up to the ceiling (the largest within the limit), stopping at the first that fails; the candidate
+    only if the ceiling was reached and it lies in (ceiling, limit]."""
+    start = 1 << (minimum.bit_length() - 1)
+    bound = max(limit, start)
+    ceiling = 1 << (bound.bit_length() - 1)
+    powers = [1 << k for k in range(13) if start < 1 << k <= ceiling]
     fitting = [p for p in powers if p <= largest]
-    best = max([minimum, *fitting])
-    if len(fitting) == len(powers) and ceiling < candidate <= limit and candidate <= largest:
-        best = max(best, candidate)
+    best = max([start, *fitting])
+    if best == ceiling and ceiling < candidate <= bound and candidate <= largest:
+        best = candidate
     return best
 
 
@@ -73,15 +77,15 @@ def test_randomised_searches_follow_the_rules() -> None:
     rng = random.Random(15)
     for _ in range(3000):
         limit = rng.randint(1, 1500)
-        minimum = rng.randint(1, min(limit, 40))
+        minimum = rng.randint(1, 40)
         candidate = rng.choice([0, limit, rng.randint(1, 1500)])
-        largest = rng.randint(minimum, 2000)
+        largest = rng.randint(1 << (minimum.bit_length() - 1), 2000)
         asked, fits = up_to(largest)
         assert find_batch_size(fits, limit=limit, minimum=minimum, candidate=candidate) == expected(
             largest, limit, minimum, candidate
         ), (largest, limit, minimum, candidate)
         assert asked == sorted(set(asked))  # each size once, growing
-        assert all(a <= limit for a in asked)
+        assert all(a <= max(limit, minimum) for a in asked)
         assert sum(1 for a in asked if a > largest) <= 1  # it stops at the first size that fails
 
 
@@ -91,13 +95,16 @@ def test_requested_batch_size() -> None:
     assert requested_batch_size({'max_batch_size': ''}) == 0
     assert requested_batch_size({'max_batch_size': 16}) == 16
     assert requested_batch_size({'max_batch_size': '16'}) == 16
-    for bad in ('16.0', 'sixteen', True, 16.5, -1, [16]):
+    assert requested_batch_size({'max_batch_size': 16.0}) == 16  # a JSON number, read with int() as the reference
+    for bad in ('16.0', 'sixteen', True, [16]):
         with pytest.raises(ValueError, match='max_batch_size'):
             requested_batch_size({'max_batch_size': bad})
 
 
 def test_small_helpers(caplog: pytest.LogCaptureFixture) -> None:
-    assert [dataset_limit(n) for n in (0, 7, 8, 100)] == [1, 1, 1, 12]
+    assert [dataset_limit(n) for n in (1, 7, 8, 100)] == [1, 1, 1, 12]
+    with pytest.raises(ValueError):
+        dataset_limit(0)
     assert [smaller_pot(n) for n in (1, 2, 3, 200, 1024, 1025)] == [1, 2, 2, 128, 1024, 1024]
     assert [batch_count(n, 8) for n in (0, 1, 8, 9)] == [0, 1, 1, 2]
     with caplog.at_level(logging.WARNING, logger='llnode.trainer.batch_size'):

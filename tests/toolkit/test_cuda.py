@@ -48,7 +48,7 @@ def test_without_cuda_the_search_falls_back_and_builds_nothing() -> None:
 
 
 def test_measure_batch_size_checks_its_inputs() -> None:
-    for kwargs in ({'max_batch_size': -1}, {'minimum': 0}, {'steps_per_trial': 0}, {'sample_count': -5}):
+    for kwargs in ({'max_batch_size': -1}, {'minimum': 0}, {'steps_per_trial': 0}, {'sample_count': 0}):
         with pytest.raises(ValueError):
             cuda.measure_batch_size(lambda: None, **kwargs)  # type: ignore[arg-type,return-value]
     with pytest.raises(ValueError):
@@ -105,6 +105,9 @@ def test_a_probe_step_is_what_measure_batch_size_drives(monkeypatch: pytest.Monk
         @staticmethod
         def empty_cache() -> None: ...
 
+        @staticmethod
+        def synchronize() -> None: ...
+
     class FakeTorch:
         cuda = FakeCuda
 
@@ -118,7 +121,7 @@ def test_a_probe_step_is_what_measure_batch_size_drives(monkeypatch: pytest.Monk
     assert cuda.measure_batch_size(Step, max_batch_size=100) == 100  # the exact request after 64 fit
     calls.clear()
     with pytest.raises(InsufficientMemoryError):
-        cuda.measure_batch_size(Step, minimum=101)
+        cuda.measure_batch_size(Step, minimum=128)
     assert calls[-1] == ('release', 0)
 
 
