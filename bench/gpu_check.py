@@ -10,9 +10,9 @@ and the reference says it must be set in every process anyway):
 - ``free_cuda_memory``: cached blocks go back to the driver (``memory_reserved`` drops, ``get_free_memory_mb``
   rises);
 - ``measure_batch_size``: under a 2 GB cap, a probe step that holds 64 MB per sample finds 16 through real
-  out-of-memory errors; a request of 24 is used as asked (it fits), 40 samples bound it to 5
-  (``dataset_limit``); the step and the margin are released afterwards;
-- ``probe_batch_size``: the same for a detection-like pass (96 MB per sample under 1 GB: 8; limit 5: 5);
+  out-of-memory errors; a request of 24 is used as asked (it fits), 40 samples bound it to 4
+  (``dataset_limit`` 5, rounded down to a power of two); the step and the margin are released afterwards;
+- ``probe_batch_size``: the same for a detection-like pass (96 MB per sample under 1 GB: 8; limit 5: 4);
 - ``half_precision``: :class:`~llnode.detector.torch_logic.TorchDetectorLogic` with ``half=True`` runs its module
   and inputs in float16 and gives the float32 result within tolerance;
 - ``yolo_pair``: the YOLO-style sample on ``cuda``: ``train.py`` (its batch size probed on the card), the
@@ -146,7 +146,7 @@ def check_measure_batch_size() -> dict[str, Any]:
     asked = cuda.measure_batch_size(build, max_batch_size=24, probe='gpu check')
     expect(asked == 24, f'a request of 24 that fits (1.5 GB of 2 GB) became {asked}')
     limited = cuda.measure_batch_size(build, sample_count=40, probe='gpu check')
-    expect(limited == 5, f'40 samples bound the size to dataset_limit 5 (tried as the candidate), got {limited}')
+    expect(limited == 4, f'40 samples bound the size to dataset_limit 5, so 4 (a bound is no candidate), got {limited}')
     expect(all(step.released for step in steps), 'a probe step was not released')
     cuda.free_cuda_memory()
     left = torch.cuda.memory_allocated()
@@ -170,7 +170,7 @@ def check_probe_batch_size() -> dict[str, Any]:
     found = cuda.probe_batch_size(run_batch, probe='gpu check')
     expect(found == 8, f'96 MB per sample under a 1 GB cap: batch size {found}, expected 8')
     bounded = cuda.probe_batch_size(run_batch, probe='gpu check', limit=5)
-    expect(bounded == 5, f'limit 5: batch size {bounded}, expected 5 (the limit is tried as the candidate)')
+    expect(bounded == 4, f'limit 5: batch size {bounded}, expected 4 (a power of two)')
     return {'found': found, 'limit_5': bounded}
 
 

@@ -9,13 +9,14 @@ the sample trainer uploads, started with the toolkit's entrypoint (every flag is
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 
+from llnode.helpers.entrypoint import node_parser, run_node
 from yolo_detector import CONF_THRESHOLD, IOU_THRESHOLD, YoloDetectorFactory
 
 from llnode.detector import DetectorNode
-from llnode.helpers.entrypoint import node_parser, run_node
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         '--weight-type', choices=('FP32', 'FP16'), default='FP32', help='FP16: half precision (CUDA only)'
     )
+    parser.add_argument('--log-level', default='INFO', help='logging level (default INFO)')
     args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     try:
         factory = YoloDetectorFactory(
             conf_threshold=args.conf_threshold,

@@ -11,13 +11,15 @@ Start a training from the Loop with hyperparameters such as ``{"epochs": 12, "re
 
 from __future__ import annotations
 
+import argparse
+import logging
 import socket
 import sys
 
+from llnode.helpers.entrypoint import node_parser, run_node
 from yolo_trainer import YoloTrainerLogic
 
 from llnode.config import ConfigError, Settings
-from llnode.helpers.entrypoint import node_parser, run_node
 from llnode.trainer import TrainerNode
 
 
@@ -28,13 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         '--inference-batch-size', type=int, default=100, help='images per detect.py run in the detecting stage'
     )
+    parser.add_argument('--log-level', default='INFO', help='logging level (default INFO)')
     args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     try:
         settings = Settings.from_env(inference_batch_size=args.inference_batch_size)
     except ConfigError as error:
         parser.error(str(error))
     logic = YoloTrainerLogic(device=args.device, vram_limit_gb=args.vram_limit_gb)
-    return run_node(TrainerNode(args.trainer_name, logic, settings=settings), args)
+    # the node process itself never touches the GPU: train.py and detect.py cap their own memory (the logic hands
+    # them --vram-limit-gb); run_node would cap this process and open a CUDA context in it
+    node_args = argparse.Namespace(**{**vars(args), 'vram_limit_gb': 0.0})
+    return run_node(TrainerNode(args.trainer_name, logic, settings=settings), node_args)
 
 
 if __name__ == '__main__':

@@ -62,7 +62,6 @@ class YoloDetector(TorchDetectorLogic):
     def _warm_up(self) -> None:
         """A few passes on a blank image; the output must have one channel per category (plus 4 box values)."""
         import numpy as np
-
         import torch
 
         blank = np.zeros((self.resolution, self.resolution, 3), dtype=np.uint8)
