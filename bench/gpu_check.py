@@ -20,6 +20,7 @@ and the reference says it must be set in every process anyway):
   and how far FP16 boxes are from FP32 ones).
 
 Without CUDA it prints ``{"cuda": false, ...}`` and exits 0. Exit code 1 when a check failed.
+``--check yolo_pair --device cpu`` runs that one check's code on CPU (a dry run of the script itself).
 
     python bench/gpu_check.py [--only NAME,NAME] [--timeout S]
 """
@@ -42,6 +43,8 @@ from machine import machine  # bench/machine.py: benchmarks run as scripts from 
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / 'samples' / 'yolo_style'
+#: where the YOLO pair runs; ``--check yolo_pair --device cpu`` tries the check's own code without a card
+DEVICE = 'cuda'
 GB = 1024**3
 MB = 1024**2
 
@@ -297,15 +300,15 @@ def check_yolo_pair() -> dict[str, Any]:
             '--data', str(training / 'dataset.json'),
             '--hyp', str(training / 'hyp.json'),
             '--project', str(training),
-            '--device', 'cuda',
+            '--device', DEVICE,
             '--vram-limit-gb', '4',
             cwd=training,
             timeout=300,
         )  # fmt: skip
         figures['train_seconds'] = round(time.monotonic() - started, 1)
-        expect('device cuda' in log, 'train.py did not train on cuda')
+        expect(f'device {DEVICE}' in log, f'train.py did not train on {DEVICE}')
         batch_lines = [line for line in log.splitlines() if line.startswith('batch size ')]
-        expect(batch_lines == [batch_lines[0]] and batch_lines[0].endswith('(cuda)'), f'batch size lines {batch_lines}')
+        expect(len(batch_lines) == 1 and batch_lines[0].endswith(f'({DEVICE})'), f'batch size lines {batch_lines}')
         figures['train_batch_size'] = int(batch_lines[0].split()[2])
         weights = training / 'result' / 'weights' / 'last.pt'
         model = folder / 'model'
@@ -320,11 +323,11 @@ def check_yolo_pair() -> dict[str, Any]:
             '--weights', str(weights),
             '--source', str(folder / 'images.txt'),
             '--out', str(folder / 'detections.jsonl'),
-            '--device', 'cuda',
+            '--device', DEVICE,
             cwd=folder,
             timeout=120,
         )  # fmt: skip
-        expect('on cuda' in out, f'detect.py did not run on cuda: {out[-500:]}')
+        expect(f'on {DEVICE}' in out, f'detect.py did not run on {DEVICE}: {out[-500:]}')
         lines = (folder / 'detections.jsonl').read_text().splitlines()
         expect(len(lines) == len(paths), f'detect.py wrote {len(lines)} lines for {len(paths)} images')
 
@@ -339,8 +342,8 @@ def check_yolo_pair() -> dict[str, Any]:
         truths = [item['box_annotations'] for item in test]
         boxes: dict[str, list[list[dict[str, Any]]]] = {}
         for weight_type, half in (('FP32', False), ('FP16', True)):
-            logic = YoloDetector(info, device='cuda', half=half, conf_threshold=0.3)
-            expect(logic.half == half, f'{weight_type}: half is {logic.half}')
+            logic = YoloDetector(info, device=DEVICE, half=half, conf_threshold=0.3)
+            expect(logic.half == (half and DEVICE == 'cuda'), f'{weight_type}: half is {logic.half}')
             started = time.monotonic()
             results = logic.batch_evaluate(images)
             figures[f'{weight_type}_ms_per_image'] = round(1000 * (time.monotonic() - started) / len(images), 2)
@@ -417,8 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--only', default='', help=f'comma-separated checks (default all: {",".join(CHECKS)})')
     parser.add_argument('--timeout', type=float, default=400.0, help='seconds per check')
     parser.add_argument('--check', choices=sorted(CHECKS), help=argparse.SUPPRESS)
+    parser.add_argument('--device', default='cuda', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.check:
+        global DEVICE  # noqa: PLW0603 - one device per check process
+        DEVICE = args.device
         return run_one(args.check)
     load = os.getloadavg()
     names = [n for n in args.only.split(',') if n] or list(CHECKS)
