@@ -3,22 +3,26 @@
 It is the llnode version of the reference's ``mock_detector`` sample: a factory for model format ``mocked`` and
 a logic without any real model. Useful to try the detector's API, to test clients, and for benchmarks::
 
-    LOOP_HOST=localhost:8000 LOOP_ORGANIZATION=zauberzeug LOOP_PROJECT=demo \\
-        python samples/mock_detector.py --port 8004
+    llnode loop --demo --user demo:demo          # in another terminal: the local Loop on 127.0.0.1:8080
+    LOOP_HOST=127.0.0.1:8080 LOOP_USERNAME=demo LOOP_PASSWORD=demo LOOP_ORGANIZATION=zauberzeug \\
+        LOOP_PROJECT=demo python samples/mock_detector.py --port 8004
 
 With ``llnode loop --demo`` running, the detector downloads the deployed demo model (it has a ``mocked``
-format) and serves it; ``curl -F file=@image.jpg localhost:8004/detect`` then answers the two detections.
+format) and serves it; ``curl -F file=@image.jpg 127.0.0.1:8004/detect`` then answers the two detections.
+
+Like every sample it listens on 127.0.0.1 only; ``--host 0.0.0.0`` (or ``NODE_HOST=0.0.0.0``) serves other
+machines too. Every option is also an environment variable (``--help`` names them).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 import numpy as np
 
 from llnode.detector import DetectorFactory, DetectorLogic, DetectorNode
+from llnode.helpers import node_parser, run_node
 from llnode.schema import BoxDetection, ImageMetadata, ModelInformation, PointDetection
 
 
@@ -69,19 +73,14 @@ class MockFactory(DetectorFactory):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--host', default='0.0.0.0', help='address to listen on (default: all)')
-    parser.add_argument('--port', type=int, default=8004, help='port to listen on (default: 8004)')
-    parser.add_argument(
-        '--server', choices=('waitress', 'werkzeug'), default='waitress', help='werkzeug carries WebSocket'
-    )
-    parser.add_argument('--name', default='mocked detector', help='the node name the Loop shows')
+    parser = node_parser(description=__doc__.split('\n\n')[0], host='127.0.0.1', port=8004)
+    parser.add_argument('--name', env_var='NODE_NAME', default='mocked detector', help='the node name the Loop shows')
     parser.add_argument('--backdoor', action='store_true', help='serve POST /reset (testing only)')
     parser.add_argument('--log-level', default='INFO')
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     node = DetectorNode(args.name, MockFactory(), use_backdoor_controls=args.backdoor or None)
-    return node.serve(args.host, args.port, server=args.server)
+    return run_node(node, args)
 
 
 if __name__ == '__main__':

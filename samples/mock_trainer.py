@@ -5,17 +5,20 @@ but improving confusion matrices (keyed by the training's category uuids). The t
 ``mocked`` and ``mocked_2``, and its detections are fixed: one per category of the model, by category type. It is
 what the Loop's own tests drive, and a quick way to watch a whole training cycle::
 
-    LOOP_HOST=localhost:8000 LOOP_USERNAME=u LOOP_PASSWORD=p LOOP_ORGANIZATION=zauberzeug LOOP_PROJECT=demo \\
-        python samples/mock_trainer.py --port 8005 --backdoor
+    llnode loop --demo --user demo:demo          # in another terminal: the local Loop on 127.0.0.1:8080
+    LOOP_HOST=127.0.0.1:8080 LOOP_USERNAME=demo LOOP_PASSWORD=demo LOOP_ORGANIZATION=zauberzeug \\
+        LOOP_PROJECT=demo python samples/mock_trainer.py --port 8005 --backdoor
 
 With ``llnode loop --demo`` running, start a training from the Loop (``llnode control``); stop it with
 ``stop_training`` and the model is uploaded, detections run and the trainer is idle again. ``--backdoor`` mounts
 the test routes (``/steps``, ``/provide_new_model``, ``/error_configuration``, ``/kill_training_process``, ...).
+
+Like every sample it listens on 127.0.0.1 only; ``--host 0.0.0.0`` (or ``NODE_HOST=0.0.0.0``) serves other
+machines too. Every option is also an environment variable (``--help`` names them).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
@@ -24,6 +27,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from llnode.helpers import node_parser, run_node
 from llnode.schema import (
     BoxDetection,
     ClassificationDetection,
@@ -199,11 +203,8 @@ def mock_detections(model_info: ModelInformation, image_id: str) -> Detections:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or '').split('\n\n')[0])
-    parser.add_argument('--host', default='0.0.0.0', help='address to listen on (default: all)')
-    parser.add_argument('--port', type=int, default=8005, help='port to listen on (default: 8005)')
-    parser.add_argument('--server', choices=('waitress', 'werkzeug'), default='waitress')
-    parser.add_argument('--name', default='mocked trainer', help='the node name the Loop shows')
+    parser = node_parser(description=(__doc__ or '').split('\n\n')[0], host='127.0.0.1', port=8005)
+    parser.add_argument('--name', env_var='NODE_NAME', default='mocked trainer', help='the node name the Loop shows')
     parser.add_argument('--backdoor', action='store_true', help='serve the trainer test routes (testing only)')
     parser.add_argument(
         '--sync-interval', type=float, default=5.0, help='seconds between new best states while training (default 5)'
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     logic = MockTrainerLogic()
     logic.sync_interval = args.sync_interval
     node = TrainerNode(args.name, logic, use_backdoor_controls=args.backdoor or None)
-    return node.serve(args.host, args.port, server=args.server)
+    return run_node(node, args)
 
 
 if __name__ == '__main__':

@@ -7,10 +7,11 @@ It grows a region from the clicked pixel over neighbouring pixels of similar col
   left lowers it (as a fuzzy-select tool does); releasing sends the region as a polygon annotation to the Loop;
 - Escape forgets everything about the current object.
 
-Start it next to a Loop (``llnode loop --demo`` serves one on port 8000)::
+Start it next to a Loop (``llnode loop --demo --user demo:demo`` serves one on port 8080)::
 
-    LOOP_HOST=localhost:8000 LOOP_USERNAME=u LOOP_PASSWORD=p LOOP_ORGANIZATION=zauberzeug LOOP_PROJECT=demo \\
-        python samples/segmentation_annotator.py --port 8003
+    llnode loop --demo --user demo:demo          # in another terminal: the local Loop on 127.0.0.1:8080
+    LOOP_HOST=127.0.0.1:8080 LOOP_USERNAME=demo LOOP_PASSWORD=demo LOOP_ORGANIZATION=zauberzeug \\
+        LOOP_PROJECT=demo python samples/segmentation_annotator.py --port 8003
 
 How the region is found: the image is smoothed once (5x5 box filter, so JPEG and sensor noise do not break
 regions apart); pixels whose colour lies within ``tolerance`` (Euclidean distance in RGB, 0-441) of the smoothed
@@ -19,11 +20,13 @@ seed colour are candidates; the region is the candidates 4-connected to the seed
 filling whole runs of candidates along rows, then along columns, until nothing changes: a handful of array
 passes instead of a pixel-by-pixel flood fill. The outline is traced around the region (Moore neighbourhood) and
 simplified (Douglas-Peucker, ``epsilon`` pixels; the UI's ``epsilon`` wins when it sends one).
+
+Like every sample it listens on 127.0.0.1 only; ``--host 0.0.0.0`` (or ``NODE_HOST=0.0.0.0``) serves other
+machines too. Every option is also an environment variable (``--help`` names them).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
@@ -37,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from llnode.annotator import AnnotatorLogic, AnnotatorNode
+from llnode.helpers import node_parser, run_node
 from llnode.schema import AnnotationEventType, Point, SegmentationAnnotation, Shape, ToolOutput, UserInput
 
 logger = logging.getLogger('segmentation_annotator')
@@ -323,19 +327,16 @@ def _clamp_tolerance(value: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--host', default='0.0.0.0', help='address to listen on (default: all)')
-    parser.add_argument('--port', type=int, default=8003, help='port to listen on (default: 8003)')
+    parser = node_parser(description=__doc__.split('\n\n')[0], host='127.0.0.1', port=8003)
     parser.add_argument(
-        '--server', choices=('waitress', 'werkzeug'), default='waitress', help='werkzeug carries WebSocket'
+        '--name', env_var='NODE_NAME', default='segmentation annotator', help='the node name the Loop shows'
     )
-    parser.add_argument('--name', default='segmentation annotator', help='the node name the Loop shows')
     parser.add_argument('--max-radius', type=int, default=MAX_RADIUS, help='largest distance of a region from its seed')
     parser.add_argument('--log-level', default='INFO')
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     node = AnnotatorNode(args.name, SegmentationTool(max_radius=args.max_radius))
-    return node.serve(args.host, args.port, server=args.server)
+    return run_node(node, args)
 
 
 if __name__ == '__main__':

@@ -6,29 +6,32 @@ IoU >= 0.5, on the training's test images) and uploads the best epoch's weights 
 architecture (``shapes_net.json``). With ``--nproc N`` the same training runs on N processes under
 torch.distributed (gloo); only the first talks to the Loop::
 
-    LOOP_HOST=localhost:8000 LOOP_USERNAME=u LOOP_PASSWORD=p LOOP_ORGANIZATION=zauberzeug LOOP_PROJECT=demo \\
-        python samples/torch_trainer.py --port 8005 --nproc 2
+    llnode loop --demo --user demo:demo          # in another terminal: the local Loop on 127.0.0.1:8080
+    LOOP_HOST=127.0.0.1:8080 LOOP_USERNAME=demo LOOP_PASSWORD=demo LOOP_ORGANIZATION=zauberzeug \\
+        LOOP_PROJECT=demo python samples/torch_trainer.py --port 8005 --nproc 2
 
 With ``llnode loop --demo`` running, start a training from the Loop (``llnode control``): about half a minute on two
 cores for the demo's images; ``samples/torch_detector.py`` serves the model it uploads.
+
+Like every sample it listens on 127.0.0.1 only; ``--host 0.0.0.0`` (or ``NODE_HOST=0.0.0.0``) serves other
+machines too. Every option is also an environment variable (``--help`` names them).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from llnode.demo.torch_trainer import ShapesTrainer
+from llnode.helpers import node_parser, run_node
 from llnode.trainer.node import TrainerNode
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or '').split('\n\n')[0])
-    parser.add_argument('--host', default='0.0.0.0', help='address to listen on (default: all)')
-    parser.add_argument('--port', type=int, default=8005, help='port to listen on (default: 8005)')
-    parser.add_argument('--server', choices=('waitress', 'werkzeug'), default='waitress')
-    parser.add_argument('--name', default='torch shapes trainer', help='the node name the Loop shows')
+    parser = node_parser(description=(__doc__ or '').split('\n\n')[0], host='127.0.0.1', port=8005)
+    parser.add_argument(
+        '--name', env_var='NODE_NAME', default='torch shapes trainer', help='the node name the Loop shows'
+    )
     parser.add_argument('--nproc', type=int, default=1, help='processes to train on (torch.distributed, gloo)')
     parser.add_argument('--epochs', type=int, default=30, help='epochs per training (default 30)')
     parser.add_argument('--resolution', type=int, default=128, help='square input side, a multiple of 16')
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     node = TrainerNode(args.name, logic)
-    return node.serve(args.host, args.port, server=args.server)
+    return run_node(node, args)
 
 
 if __name__ == '__main__':

@@ -5,19 +5,22 @@ lives here, in the sample). Target format ``torchscript``: ``model_scripted.pt``
 of the scripted module, which loads with ``torch.jit.load`` alone, without this file. Nothing beyond torch is
 needed::
 
-    LOOP_HOST=localhost:8000 LOOP_USERNAME=u LOOP_PASSWORD=p LOOP_ORGANIZATION=zauberzeug LOOP_PROJECT=demo \\
-        python samples/torchscript_converter.py --port 8005
+    llnode loop --demo --user demo:demo          # in another terminal: the local Loop on 127.0.0.1:8080
+    LOOP_HOST=127.0.0.1:8080 LOOP_USERNAME=demo LOOP_PASSWORD=demo LOOP_ORGANIZATION=zauberzeug \\
+        LOOP_PROJECT=demo python samples/torchscript_converter.py --port 8005
 
 Every ``--check-interval`` seconds the node looks for models of the project that have ``torch_state_dict`` but
 no ``torchscript`` yet and converts them. To give it one, upload weights as a new model::
 
     python -c "import torch, torchscript_converter as t; torch.save(t.TinyClassifier().state_dict(), 'model.pt')"
-    curl -b cookies -F files=@model.pt localhost:8000/api/zauberzeug/projects/demo/torch_state_dict
+    curl -b cookies -F files=@model.pt 127.0.0.1:8080/api/zauberzeug/projects/demo/torch_state_dict
+
+Like every sample it listens on 127.0.0.1 only; ``--host 0.0.0.0`` (or ``NODE_HOST=0.0.0.0``) serves other
+machines too. Every option is also an environment variable (``--help`` names them).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import warnings
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 
 from llnode.converter import ConversionError, ConverterLogic, ConverterNode
+from llnode.helpers import node_parser, run_node
 
 SOURCE_FORMAT = 'torch_state_dict'
 TARGET_FORMAT = 'torchscript'
@@ -97,13 +101,10 @@ class TorchScriptConverter(ConverterLogic):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--host', default='0.0.0.0', help='address to listen on (default: all)')
-    parser.add_argument('--port', type=int, default=8005, help='port to listen on (default: 8005)')
+    parser = node_parser(description=__doc__.split('\n\n')[0], host='127.0.0.1', port=8005)
     parser.add_argument(
-        '--server', choices=('waitress', 'werkzeug'), default='waitress', help='werkzeug carries WebSocket'
+        '--name', env_var='NODE_NAME', default='torchscript converter', help='the node name the Loop shows'
     )
-    parser.add_argument('--name', default='torchscript converter', help='the node name the Loop shows')
     parser.add_argument(
         '--check-interval', type=float, default=60.0, help='seconds between two looks for models (default: 60)'
     )
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     # torch.jit.load alone, which is what this format is for. Keep the log free of that warning per conversion.
     warnings.filterwarnings('ignore', message=r'.*torch\.jit.* is deprecated', category=DeprecationWarning)
     node = ConverterNode(args.name, TorchScriptConverter(), check_interval=args.check_interval)
-    return node.serve(args.host, args.port, server=args.server)
+    return run_node(node, args)
 
 
 if __name__ == '__main__':

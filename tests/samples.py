@@ -53,16 +53,14 @@ def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
         lines.put(line.rstrip('\n'))
 
 
-@contextlib.contextmanager
-def sample_process(script: str, local_loop: LocalLoop, data_folder: Path, *args: str) -> Iterator[Sample]:
-    """``python samples/<script> --host 127.0.0.1 --port 0 <args>`` with the ``LOOP_*`` variables of ``local_loop``.
-
-    Yields once the sample says where it serves; afterwards it is killed if still alive, and ``output`` holds
-    everything it printed (check it for tracebacks after the ``with``).
-    """
+def sample_env(local_loop: LocalLoop, data_folder: Path) -> dict[str, str]:
+    """The environment of a sample run against ``local_loop``: its ``LOOP_*`` variables, none of the samples' own
+    options (``NODE_HOST``, ``NODE_PORT``, ``NODE_SERVER``, ``NODE_NAME``) from the test's environment."""
     settings = local_loop.settings()
-    env = {
-        **os.environ,
+    options = {'NODE_HOST', 'NODE_PORT', 'NODE_SERVER', 'NODE_NAME'}
+    env = {key: value for key, value in os.environ.items() if key not in options}
+    return {
+        **env,
         'LOOP_HOST': settings.host,
         'LOOP_USERNAME': settings.username,
         'LOOP_PASSWORD': settings.password,
@@ -70,7 +68,22 @@ def sample_process(script: str, local_loop: LocalLoop, data_folder: Path, *args:
         'LOOP_PROJECT': settings.project,
         'DATA_FOLDER': str(data_folder),
     }
-    command = [sys.executable, str(REPO / 'samples' / script), '--host', '127.0.0.1', '--port', '0', *args]
+
+
+@contextlib.contextmanager
+def sample_process(
+    script: str, local_loop: LocalLoop, data_folder: Path, *args: str, host: str | None = '127.0.0.1'
+) -> Iterator[Sample]:
+    """``python samples/<script> --host 127.0.0.1 --port 0 <args>`` with the ``LOOP_*`` variables of ``local_loop``.
+
+    ``host=None`` leaves ``--host`` out (the sample's default; ``NODE_HOST`` is never passed on).
+
+    Yields once the sample says where it serves; afterwards it is killed if still alive, and ``output`` holds
+    everything it printed (check it for tracebacks after the ``with``).
+    """
+    env = sample_env(local_loop, data_folder)
+    host_args = ['--host', host] if host is not None else []
+    command = [sys.executable, str(REPO / 'samples' / script), *host_args, '--port', '0', *args]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), name='test-sample-output', daemon=True)

@@ -27,8 +27,8 @@ REQUESTED_BATCH_SIZE = 'max_batch_size'
 #: The command-line flag that passes the VRAM budget to a node and on to its training script.
 VRAM_LIMIT_GB_FLAG = '--vram-limit-gb'
 VRAM_LIMIT_GB_HELP = (
-    'GPU memory in GB this process may use (0: the whole card); lets several trainers share one GPU '
-    '(environment variable VRAM_LIMIT_GB)'
+    'GB of GPU memory a training may use (0: the whole card); the batch size is probed against this budget, '
+    'so a lower limit gives a smaller batch instead of an out-of-memory error (to share a GPU or keep headroom)'
 )
 #: The largest batch size ever probed.
 MAX_BATCH_SIZE = 1024
