@@ -1,12 +1,15 @@
 """The YOLO-style trainer node (the sample's ``trainer/main.py``): ``YoloTrainerLogic`` on a TrainerNode, started
-with the toolkit's entrypoint, so every flag is also an environment variable::
+with the toolkit's entrypoint, so every flag is also an environment variable (``--trainer-name`` reads
+``TRAINER_NAME``, ``--vram-limit-gb`` ``VRAM_LIMIT_GB``; ``--help`` names them all)::
 
-    LOOP_HOST=localhost:8000 LOOP_USERNAME=u LOOP_PASSWORD=p LOOP_ORGANIZATION=zauberzeug LOOP_PROJECT=demo \\
-        python samples/yolo_style/trainer.py --port 8005 --vram-limit-gb 6
+    llnode loop --demo --user demo:demo          # in another terminal: the local Loop on 127.0.0.1:8080
+    LOOP_HOST=127.0.0.1:8080 LOOP_USERNAME=demo LOOP_PASSWORD=demo LOOP_ORGANIZATION=zauberzeug \\
+        LOOP_PROJECT=demo python samples/yolo_style/trainer.py --port 8005 --vram-limit-gb 6
 
 Start a training from the Loop with hyperparameters such as ``{"epochs": 12, "resolution": 128,
 "compute_validation_set": true}``; the node uploads ``yolo_style_pytorch`` and ``yolo_style_torchscript``, and
-``samples/yolo_style/detector.py`` serves the second.
+``samples/yolo_style/detector.py`` serves the second. Like every sample it listens on 127.0.0.1 only unless
+``--host 0.0.0.0`` (``NODE_HOST``) says otherwise. See ``docs/porting.rst`` for the walk through.
 """
 
 from __future__ import annotations
@@ -16,15 +19,15 @@ import logging
 import socket
 import sys
 
-from llnode.helpers.entrypoint import node_parser, run_node
 from yolo_trainer import YoloTrainerLogic
 
 from llnode.config import ConfigError, Settings
+from llnode.helpers import node_parser, run_node
 from llnode.trainer import TrainerNode
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = node_parser(description=(__doc__ or '').split('\n\n')[0], vram_limit=True)
+    parser = node_parser(description=(__doc__ or '').split('\n\n')[0], host='127.0.0.1', port=8005, vram_limit=True)
     parser.add_argument('--trainer-name', default=socket.gethostname(), help='the node name the Loop shows')
     parser.add_argument('--device', default='auto', help='torch device: auto (CUDA when there is one), cpu, cuda:0')
     parser.add_argument(

@@ -26,7 +26,8 @@ logger = logging.getLogger('yolo_style.detector')
 
 TORCHSCRIPT_FORMAT = 'yolo_style_torchscript'
 TORCHSCRIPT_FILE = 'model.torchscript'
-#: the thresholds yolov5_node's detector defaults to (env CONF_THRESHOLD, IOU_THRESHOLD in the sample's main)
+#: the thresholds yolov5_node's detector defaults to (env CONF_THRESHOLD, IOU_THRESHOLD in the sample's main);
+#: without CONF_THRESHOLD a model's own ``conf_threshold`` (model.json, from its training) comes first
 CONF_THRESHOLD = 0.2
 IOU_THRESHOLD = 0.45
 #: warm-up passes after loading (the first passes on CUDA are slow)
@@ -34,18 +35,21 @@ WARMUP = 2
 
 
 class YoloDetector(TorchDetectorLogic):
-    """One loaded export; ``conf_threshold`` / ``iou_threshold`` as for ``post_process``."""
+    """One loaded export; ``conf_threshold`` / ``iou_threshold`` as for ``post_process`` (``conf_threshold=None``:
+    the model's own from model.json, else :data:`CONF_THRESHOLD`)."""
 
     def __init__(
         self,
         model_info: ModelInformation,
         *,
-        conf_threshold: float = CONF_THRESHOLD,
+        conf_threshold: float | None = None,
         iou_threshold: float = IOU_THRESHOLD,
         device: str = 'auto',
         half: bool = False,
     ) -> None:
-        self.conf_threshold = conf_threshold
+        if conf_threshold is None:
+            conf_threshold = model_info.conf_threshold if model_info.conf_threshold is not None else CONF_THRESHOLD
+        self.conf_threshold = float(conf_threshold)
         self.iou_threshold = iou_threshold
         super().__init__(model_info, device=device, half=half)
         self._warm_up()
@@ -104,14 +108,14 @@ class YoloDetectorFactory(DetectorFactory):
     def __init__(
         self,
         *,
-        conf_threshold: float = CONF_THRESHOLD,
+        conf_threshold: float | None = None,
         iou_threshold: float = IOU_THRESHOLD,
         device: str = 'auto',
         half: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (('conf_threshold', conf_threshold), ('iou_threshold', iou_threshold)):
-            if not 0.0 <= value <= 1.0:
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f'{name} must be between 0 and 1, got {value!r}')
         self.conf_threshold = conf_threshold
         self.iou_threshold = iou_threshold

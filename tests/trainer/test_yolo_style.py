@@ -26,7 +26,7 @@ from tests.trainer.trainer_support import ORGANIZATION, PROJECT, accepted_detect
 
 #: demo images in the Loop, and the training: measured box F1 0.8-0.9 on the test split (2 cores, loaded machine)
 LOOP_IMAGES = 60
-HYPERPARAMETERS = {'epochs': 12, 'resolution': 128, 'compute_validation_set': True}
+HYPERPARAMETERS = {'epochs': 15, 'resolution': 128, 'compute_validation_set': True}
 #: the pooled box F1 (IoU >= 0.5) the detector must reach on the test split's images
 F1_FLOOR = 0.6
 FORMATS = {
@@ -75,7 +75,8 @@ def test_publishing_a_best_epoch_moves_it_and_drops_older_epochs_but_not_newer(t
 
 
 def items_of_set(loop: LocalLoop, image_set: str) -> list[dict[str, Any]]:
-    items = loop.store.images(ORGANIZATION, PROJECT, project_image_ids(loop))
+    """The annotated images of a set (those a training gets: state ``complete``), with their annotations."""
+    items = loop.store.images(ORGANIZATION, PROJECT, loop.store.image_ids(ORGANIZATION, PROJECT, 'complete'))
     return [item for item in items if item['set'] == image_set]
 
 
