@@ -1,8 +1,9 @@
 """The YOLO-style detector: serves the TorchScript export the trainer uploads (format ``yolo_style_torchscript``),
 built the way yolov5_node's ``Yolov5Detector`` is, on llnode's :class:`~llnode.detector.torch_logic.TorchDetectorLogic`.
 
-``build`` loads the downloaded export (``torch.jit.load``: no network code needed on the device), checks it with a
-warm-up pass that its classes are the model's categories, and the logic turns raw boxes into detections with the
+``build`` loads the downloaded export (``torch.jit.load``: the network travels in the file; only the decoding of
+its head, ``network.raw_boxes``, is code of the sample), checks with a warm-up pass that its classes are the
+model's categories, and the logic turns raw boxes into detections with the
 toolkit: ``post_process`` (strict confidence threshold, per-class greedy NMS, clipping) and ``to_image_metadata``
 (category by index, ``MIN_BOX_SIZE``, point categories as box centres). ``half=True`` runs float16 on CUDA.
 Each image of a batch is clipped to its own size (the batch may mix cameras).

@@ -140,11 +140,11 @@ def test_the_yolo_style_pair_trains_uploads_both_formats_deploys_and_detects(
             jpeg = loop.store.image_jpeg(ORGANIZATION, PROJECT, item['id'])
             assert jpeg is not None
             response = requests.post(f'{detector.url}/detect', files={'file': ('i.jpg', io.BytesIO(jpeg))}, timeout=10)
-            answer = response.json() if response.status_code == 200 else None
-            served = answer is not None and all(
-                d['model_name'] == model['version'] for d in answer['box_detections'] + answer['point_detections']
-            )
-            return answer if served and (answer['box_detections'] or answer['point_detections']) else None
+            if response.status_code != 200:
+                return None
+            answer: dict[str, Any] = response.json()
+            found = answer['box_detections'] + answer['point_detections']
+            return answer if found and all(d['model_name'] == model['version'] for d in found) else None
 
         wait_for(lambda: detect(test_items[0]), timeout=30, what='the detector to serve the trained model')
         answers = [detect(item) or {'box_detections': []} for item in test_items]
