@@ -6,22 +6,29 @@ split's images (F1 checked). Before that, the parts the node parses: the epoch l
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import re
+import shutil
+import subprocess
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import requests
 
-from llnode.localloop import LocalLoop
+from llnode.localloop import LocalLoop, demo
+from llnode.schema import Category
+from llnode.trainer import CriticalError
 from llnode.trainer.batch_size import dataset_limit, no_gpu_batch_size
 from llnode.trainer.validation_set import split_position
 from tests.polling import wait_for
-from tests.samples import load_sample, sample_process
+from tests.samples import REPO, load_sample, sample_process
+from tests.trainer.fake_run import FakeRun
 from tests.trainer.trainer_support import ORGANIZATION, PROJECT, accepted_detection_posts, project_image_ids
 
 #: demo images in the Loop, and the training: measured box F1 0.8-0.9 on the test split (2 cores, loaded machine)
@@ -68,6 +75,110 @@ def test_publishing_a_best_epoch_moves_it_and_drops_older_epochs_but_not_newer(t
     assert model_files.published(tmp_path).read_text() == 'weights 3'
     assert sorted(p.name for p in weights.iterdir() if p.is_file()) == ['epoch5.json', 'epoch5.pt', 'epoch7.pt']
     assert model_files.publish(tmp_path, weights / 'epoch3.pt') is None  # gone: published already
+
+
+CATEGORIES = [
+    Category(id=c['id'], name=c['name'], type=c['type'], point_size=c['point_size']) for c in demo.DEMO_CATEGORIES
+]
+
+
+def sample_module(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A module of ``samples/yolo_style`` imported as its node imports it (its folder first on ``sys.path``)."""
+    monkeypatch.syspath_prepend(str(REPO / 'samples' / 'yolo_style'))
+    return importlib.import_module(name)
+
+
+class SplitRun(FakeRun):
+    """A FakeRun with the split methods of the real run (val falls back to the test images)."""
+
+    def train_images(self) -> list[dict[str, Any]]:
+        return [item for item in self.image_data if item['set'] == 'train']
+
+    def val_images(self) -> list[dict[str, Any]]:
+        return [item for item in self.image_data if item['set'] == 'val'] or self.test_images()
+
+    def test_images(self) -> list[dict[str, Any]]:
+        return [item for item in self.image_data if item['set'] == 'test']
+
+
+def demo_run(folder: Path, count: int, **options: Any) -> SplitRun:
+    """Demo images ``0..count-1`` (every 5th of set test) in ``folder/images`` and a run over them."""
+    images = folder / 'images'
+    images.mkdir(parents=True, exist_ok=True)
+    items = []
+    for index in range(count):
+        jpeg, annotations = demo.render(index)
+        (images / f'img-{index}.jpg').write_bytes(jpeg)
+        items.append({'id': f'img-{index}', 'set': 'test' if index % 5 == 0 else 'train', **annotations})
+    return SplitRun(folder / 'training', images, categories=CATEGORIES, image_data=items, **options)
+
+
+def test_the_labels_are_yolo_rows_with_the_category_index_and_points_as_boxes_of_their_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    yolo_format = sample_module('yolo_format', monkeypatch)
+    run = SplitRun(tmp_path / 'training', categories=CATEGORIES)
+    square, point = CATEGORIES[1], CATEGORIES[3]
+    item = {
+        'box_annotations': [{'category_id': square.id, 'x': 100, 'y': 40, 'width': 64, 'height': 32}],
+        'point_annotations': [{'category_id': point.id, 'x': 320, 'y': 240}, {'category_id': 'gone', 'x': 1, 'y': 1}],
+    }
+    rows = yolo_format.yolo_labels(item, run, 640, 480)
+    assert rows == [[1, 0.20625, 0.116667, 0.1, 0.066667], [3, 0.5, 0.5, 12 / 640, 0.025]]
+
+
+def test_a_training_without_validation_images_or_with_bad_hyperparameters_is_given_up_with_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    yolo_trainer = sample_module('yolo_trainer', monkeypatch)
+    logic = yolo_trainer.YoloTrainerLogic()
+    run = demo_run(tmp_path, 4)
+    for item in run.image_data:
+        item['set'] = 'train'
+    with pytest.raises(CriticalError, match='no validation images: give the project test images or set compute_'):
+        logic.start_command(run)
+    for bad, message in (
+        ({'resolution': 100}, 'resolution must be a multiple of 16, at least 32, not 100'),
+        ({'epochs': 0}, 'epochs must be a positive integer, not 0'),
+        ({'max_batch_size': '16.0'}, 'max_batch_size'),
+    ):
+        run.hyperparameters = bad
+        with pytest.raises(CriticalError, match=message):
+            logic.hyperparameters(run)
+    run.hyperparameters = {'epochs': 3, 'resolution': 64, 'unknown': 1}
+    hyp = logic.hyperparameters(run)
+    assert (hyp['epochs'], hyp['resolution'], 'unknown' in hyp) == (3, 64, False)
+
+
+@pytest.mark.slow
+def test_train_py_resumes_after_its_last_epoch_and_starts_from_base_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip('torch')
+    yolo_trainer = sample_module('yolo_trainer', monkeypatch)
+    logic = yolo_trainer.YoloTrainerLogic(device='cpu')
+    run = demo_run(tmp_path, 10, hyperparameters={'epochs': 2, 'resolution': 64})
+
+    def train(argv: list[str]) -> str:
+        done = subprocess.run(argv, cwd=run.training_folder, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert not logic.can_resume(run)
+    first = train(logic.start_command(run))
+    assert re.findall(r'^epoch (\d)/2 ', first, re.MULTILINE) == ['1', '2']
+    assert logic.can_resume(run)
+    assert logic.progress(run) is None  # no executor: the node's training never ran
+    run.hyperparameters['epochs'] = 3
+    resumed = train(logic.resume_command(run))
+    assert 'resuming after epoch 2' in resumed
+    assert re.findall(r'^epoch (\d)/3 ', resumed, re.MULTILINE) == ['3']
+
+    base = tmp_path / 'base'
+    base.mkdir()
+    shutil.copyfile(tmp_path / 'training' / 'result' / 'weights' / 'last.pt', base / 'model.pt')
+    run.base_folder = base
+    assert f'starting from {base / "model.pt"}' in train(logic.base_model_command(run))
 
 
 # ---------------------------------------------------------------------------------------------------------------
