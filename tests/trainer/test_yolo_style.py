@@ -31,11 +31,12 @@ from tests.samples import REPO, load_sample, sample_process
 from tests.trainer.fake_run import FakeRun
 from tests.trainer.trainer_support import ORGANIZATION, PROJECT, accepted_detection_posts, project_image_ids
 
-#: demo images in the Loop, and the training: measured box F1 0.8-0.9 on the test split (2 cores, loaded machine)
+#: demo images in the Loop, and the training: measured box F1 0.861 on the 16 test images (the same in 3 runs; 28 s
+#: for the whole test on 2 loaded cores)
 LOOP_IMAGES = 60
 HYPERPARAMETERS = {'epochs': 15, 'resolution': 128, 'compute_validation_set': True}
 #: the pooled box F1 (IoU >= 0.5) the detector must reach on the test split's images
-F1_FLOOR = 0.6
+F1_FLOOR = 0.7
 FORMATS = {
     'yolo_style_pytorch': ['hyp.json', 'model.json', 'model.pt'],
     'yolo_style_torchscript': ['model.json', 'model.torchscript'],
