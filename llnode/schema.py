@@ -31,7 +31,9 @@ class SchemaError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Enumerations (string values on the wire, loop-protocol.md §7.6)
+# Enumerations (string values on the wire, loop-protocol.md §7.6). Each also answers to the reference's member
+# names (``CategoryType.Box``, ``TrainerState.TrainingRunning``, ...): enum aliases, so a ported node keeps its
+# spellings; iteration, ``.name`` and the error messages use llnode's names.
 
 
 class NodeState(str, enum.Enum):
@@ -43,18 +45,33 @@ class NodeState(str, enum.Enum):
     STOPPING = 'stopping'
     DETECTING = 'detecting'
     UPLOADING = 'uploading'
+    # the reference's spellings (aliases of the members above)
+    Idle = 'idle'
+    Offline = 'offline'
+    Online = 'online'
+    Preparing = 'preparing'
+    Running = 'running'
+    Stopping = 'stopping'
+    Detecting = 'detecting'
+    Uploading = 'uploading'
 
 
 class OperationMode(str, enum.Enum):
     STARTUP = 'startup'
     IDLE = 'idle'
     DETECTING = 'detecting'
+    Startup = 'startup'
+    Idle = 'idle'
+    Detecting = 'detecting'
 
 
 class VersionMode(str, enum.Enum):
     FOLLOW_LOOP = 'follow_loop'
     SPECIFIC_VERSION = 'specific_version'
     PAUSE = 'pause'
+    FollowLoop = 'follow_loop'
+    SpecificVersion = 'specific_version'
+    Pause = 'pause'
 
 
 class OutboxMode(str, enum.Enum):
@@ -67,6 +84,10 @@ class CategoryType(str, enum.Enum):
     POINT = 'point'
     SEGMENTATION = 'segmentation'
     CLASSIFICATION = 'classification'
+    Box = 'box'
+    Point = 'point'
+    Segmentation = 'segmentation'
+    Classification = 'classification'
 
 
 class AnnotationEventType(str, enum.Enum):
@@ -77,6 +98,13 @@ class AnnotationEventType(str, enum.Enum):
     RIGHT_MOUSE_UP = 'right_mouse_up'
     KEY_UP = 'key_up'
     KEY_DOWN = 'key_down'
+    LeftMouseDown = 'left_mouse_down'
+    RightMouseDown = 'right_mouse_down'
+    MouseMove = 'mouse_move'
+    LeftMouseUp = 'left_mouse_up'
+    RightMouseUp = 'right_mouse_up'
+    KeyUp = 'key_up'
+    KeyDown = 'key_down'
 
 
 class TrainerState(str, enum.Enum):
@@ -101,6 +129,26 @@ class TrainerState(str, enum.Enum):
     DETECTED = 'detected'
     DETECTION_UPLOADING = 'detection_uploading'
     READY_FOR_CLEANUP = 'ready_for_cleanup'
+    # the reference's spellings (aliases of the members above)
+    Idle = 'idle'
+    Blocked = 'blocked'
+    WaitingForSlot = 'waiting_for_slot'
+    Preparing = 'preparing'
+    Initialized = 'initialized'
+    DataDownloading = 'data_downloading'
+    DataDownloaded = 'data_downloaded'
+    TrainModelDownloading = 'train_model_downloading'
+    TrainModelDownloaded = 'train_model_downloaded'
+    TrainingRunning = 'running'
+    TrainingFinished = 'training_finished'
+    ConfusionMatrixSyncing = 'confusion_matrix_syncing'
+    ConfusionMatrixSynced = 'confusion_matrix_synced'
+    TrainModelUploading = 'train_model_uploading'
+    TrainModelUploaded = 'train_model_uploaded'
+    Detecting = 'detecting'
+    Detected = 'detected'
+    DetectionUploading = 'detection_uploading'
+    ReadyForCleanup = 'ready_for_cleanup'
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ from llnode.detector.node import DetectorNode, VersionControlError
 from llnode.detector.outbox import Outbox, OutboxClosed, OutboxError, OutboxFull, OutboxLocked
 from llnode.detector.relevance import RelevanceFilter
 
+#: The reference's name of :class:`DetectorFactory`.
+DetectorLogicFactory = DetectorFactory
+
 if TYPE_CHECKING:
     from llnode.detector.torch_logic import BatchMeta, ImageGeometry, TorchDetectorLogic
 
@@ -33,6 +36,7 @@ __all__ = [
     'BatchMeta',
     'DetectorFactory',
     'DetectorLogic',
+    'DetectorLogicFactory',
     'DetectorNode',
     'ImageGeometry',
     'ImageInputError',

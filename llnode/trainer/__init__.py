@@ -12,7 +12,14 @@ from __future__ import annotations
 from llnode.trainer.callbacks import Callback, ConfusionCounter, current_rank, f1_score
 from llnode.trainer.executor import Executor, ExecutorError
 from llnode.trainer.inprocess import InProcessTrainerLogic, TrainingHooks
-from llnode.trainer.logic import BestState, CriticalError, TrainerLogic, TrainingInterrupted, TrainingRun
+from llnode.trainer.logic import (
+    BestState,
+    CriticalError,
+    TrainerLogic,
+    TrainingInterrupted,
+    TrainingRun,
+    TrainingStateData,
+)
 from llnode.trainer.machine import TrainingRefused
 from llnode.trainer.metrics import macro_f1
 from llnode.trainer.node import TrainerNode
@@ -45,6 +52,7 @@ __all__ = [
     'TrainingRun',
     'TrainingSlot',
     'TrainingSlotTaken',
+    'TrainingStateData',
     'current_rank',
     'f1_score',
     'macro_f1',

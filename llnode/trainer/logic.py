@@ -49,6 +49,19 @@ class BestState:
     meta_information: dict[str, Any] = field(default_factory=dict)
 
 
+class TrainingStateData(BestState):
+    """The reference's name of :class:`BestState`, with its argument order ``(confusion_matrix, meta_information,
+    epoch)``; it is a :class:`BestState`, so ``report_best`` and ``get_new_best`` ports take it as it is."""
+
+    def __init__(
+        self,
+        confusion_matrix: dict[str, dict[str, int]] | None = None,
+        meta_information: dict[str, Any] | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        super().__init__(dict(confusion_matrix or {}), epoch, dict(meta_information or {}))
+
+
 class TrainingRun(Protocol):
     """One training as the logic sees it (the library's implementation: :class:`llnode.trainer.run.Run`)."""
 

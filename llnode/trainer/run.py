@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llnode.durable import write_json
+from llnode.schema import Context
 from llnode.trainer.logic import BestState, TrainingInterrupted
 from llnode.trainer.training import Training
 
@@ -259,6 +260,16 @@ class Run:
             if self._image_data is None:
                 self._image_data = self.training.load_image_data()
             return self._image_data
+
+    @property
+    def training_folder_path(self) -> Path:
+        """The reference's name of :attr:`training_folder` (a ``Path`` in both)."""
+        return self.training_folder
+
+    @property
+    def context(self) -> Context:
+        """Organization and project, as the reference's ``training.context``."""
+        return Context(self.organization, self.project)
 
     def train_images(self) -> list[dict[str, Any]]:
         """The image items of set ``train`` (without the validation images)."""
