@@ -31,8 +31,8 @@ from tests.samples import REPO, load_sample, sample_process
 from tests.trainer.fake_run import FakeRun
 from tests.trainer.trainer_support import ORGANIZATION, PROJECT, accepted_detection_posts, project_image_ids
 
-#: demo images in the Loop, and the training: measured box F1 0.861 on the 16 test images (the same in 3 runs; 28 s
-#: for the whole test on 2 loaded cores)
+#: demo images in the Loop, and the training: measured box F1 0.861 on the 16 test images (the same in 4 runs); the
+#: whole test took 17-34 s on 2 cores shared with other work (load 3 to 7), 108 s at load 9
 LOOP_IMAGES = 60
 HYPERPARAMETERS = {'epochs': 15, 'resolution': 128, 'compute_validation_set': True}
 #: the pooled box F1 (IoU >= 0.5) the detector must reach on the test split's images
@@ -199,7 +199,7 @@ def f1_of(predicted: list[list[dict[str, Any]]], truths: list[list[dict[str, Any
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)  # ~30 s on 2 idle cores; 110 s seen with 8 helpers sharing them
+@pytest.mark.timeout(300)  # 17-34 s on 2 busy cores, 108 s seen at load 9 (see LOOP_IMAGES)
 def test_the_yolo_style_pair_trains_uploads_both_formats_deploys_and_detects(
     make_local_loop: Callable[..., LocalLoop], tmp_path: Path
 ) -> None:
