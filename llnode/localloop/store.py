@@ -1000,7 +1000,6 @@ class Store:
             for r in rows
         ]
 
-
     # ------------------------------------------------------------------ reads for the web UI (llnode.localloop.ui)
 
     def session_info(self, token: str | None) -> tuple[str, str] | None:

@@ -94,14 +94,16 @@ def tool_input(organization: str, project: str, node: str) -> Any:
         {
             'frontend_id': body.get('frontend_id'),
             'data': {
-                'coordinate': {'x': int(round(x)), 'y': int(round(y))},  # type: ignore[arg-type]
+                'coordinate': {'x': round(float(x)), 'y': round(float(y))},  # type: ignore[arg-type]
                 'event_type': event,
                 'context': {'organization': organization, 'project': project},
                 'image_uuid': image['id'],
                 'category': category,
                 'key_up': body.get('key_up') if isinstance(body.get('key_up'), str) else None,
                 'key_down': body.get('key_down') if isinstance(body.get('key_down'), str) else None,
-                'epsilon': float(epsilon) if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) else None,
+                'epsilon': float(epsilon)
+                if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
+                else None,
                 'is_shift_key_pressed': bool(body.get('is_shift_key_pressed')),
             },
         }

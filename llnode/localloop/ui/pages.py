@@ -14,7 +14,7 @@ from llnode.localloop.errors import BadRequest, NotFound
 from llnode.localloop.store import IMAGE_STATES, Store
 from llnode.localloop.ui import ui
 from llnode.localloop.ui.metrics import training_points
-from llnode.localloop.ui.security import CSRF_FIELD, LOGIN_CSRF_COOKIE, login_csrf_ok, new_login_token, safe_next
+from llnode.localloop.ui.security import LOGIN_CSRF_COOKIE, login_csrf_ok, new_login_token, safe_next
 from llnode.localloop.ui.thumbs import thumbnail
 
 PROJECT = '/projects/<organization>/<project>'
@@ -22,9 +22,23 @@ PER_PAGE = 60
 MAX_PER_PAGE = 1000
 #: trainer states of a training under way (loop-protocol §7.5.3)
 LIVE_STATES = frozenset(
-    'initialized data_downloading data_downloaded train_model_downloading train_model_downloaded running '
-    'training_finished confusion_matrix_syncing confusion_matrix_synced train_model_uploading train_model_uploaded '
-    'detecting detected detection_uploading ready_for_cleanup'.split()
+    [
+        'initialized',
+        'data_downloading',
+        'data_downloaded',
+        'train_model_downloading',
+        'train_model_downloaded',
+        'running',
+        'training_finished',
+        'confusion_matrix_syncing',
+        'confusion_matrix_synced',
+        'train_model_uploading',
+        'train_model_uploaded',
+        'detecting',
+        'detected',
+        'detection_uploading',
+        'ready_for_cleanup',
+    ]
 )
 _COLOR = re.compile(r'^#[0-9a-fA-F]{3,8}$')
 DEFAULT_COLOR = '#00BCD4'
@@ -107,7 +121,7 @@ def _project_nodes(organization: str, project: str) -> list[dict[str, Any]]:
 
 def node_row(node: dict[str, Any]) -> dict[str, Any]:
     """What the node tables show of one node."""
-    status = node.get('status') if isinstance(node.get('status'), dict) else {}
+    status: dict[str, Any] = node['status'] if isinstance(node.get('status'), dict) else {}
     return {
         'id': node.get('id') or node.get('sid') or '',
         'name': node.get('name') or status.get('name') or '',
@@ -156,11 +170,11 @@ def login() -> Any:
     elif not username or not store.check_password(username, password):
         error = 'invalid username or password'
     if error is not None:
-        response = make_response(
+        refused = make_response(
             render_template('login.html', login_token=token, next=target, expired=False, error=error), 401
         )
-        response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite='Strict', path='/login')
-        return response
+        refused.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite='Strict', path='/login')
+        return refused
     response = redirect(target)
     response.set_cookie(SESSION_COOKIE, store.create_session(username), httponly=True, samesite='Lax', path='/')
     response.delete_cookie(LOGIN_CSRF_COOKIE, path='/login')
@@ -271,8 +285,10 @@ def images(organization: str, project: str) -> Any:
     per_page = _int_arg('per_page', PER_PAGE, 1, MAX_PER_PAGE)
     page = _int_arg('page', 1, 1, 10**6)
     model = newest_detection_model(store, organization, project)
+    ids: list[str] = []
+    total = 0
     if only_detected and model is None:
-        total, ids = 0, []
+        pass
     else:
         total, ids = store.image_page(
             organization,
@@ -296,7 +312,12 @@ def images(organization: str, project: str) -> Any:
             }
         )
     pages = max(1, -(-total // per_page))
-    filters = {'state': state or '', 'set': image_set or '', 'tag': tag or '', 'detections': '1' if only_detected else ''}
+    filters = {
+        'state': state or '',
+        'set': image_set or '',
+        'tag': tag or '',
+        'detections': '1' if only_detected else '',
+    }
     return render_template(
         'images.html',
         organization=organization,
@@ -396,8 +417,8 @@ def _training_rows(store: Store, organization: str, project: str) -> list[dict[s
     for t in trainings:
         model = models.get(t['number'])
         node = statuses.get(t['node_id'] or '')
-        status = node.get('status') if node is not None and isinstance(node.get('status'), dict) else {}
-        context_ = status.get('context') if isinstance(status.get('context'), dict) else {}
+        status: dict[str, Any] = node['status'] if node is not None and isinstance(node.get('status'), dict) else {}
+        context_: dict[str, Any] = status['context'] if isinstance(status.get('context'), dict) else {}
         live = (
             node is not None
             and node.get('connected')

@@ -69,6 +69,7 @@
       for (const value of [p.epoch, p.f1.toFixed(3), p.precision.toFixed(3), p.recall.toFixed(3)]) {
         const cell = document.createElement('td');
         cell.textContent = value;
+        if (typeof value === 'string') cell.className = 'num';
         row.append(cell);
       }
       return row;
