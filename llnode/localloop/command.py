@@ -32,7 +32,7 @@ def loop_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='llnode loop',
         description='Run a local Learning Loop: REST API under /api, Socket.IO at /ws/socket.io, control API under '
-        '/control. Serves until SIGINT/SIGTERM; everything is kept in the data folder.',
+        '/control, a web UI at /. Serves until SIGINT/SIGTERM; everything is kept in the data folder.',
     )
     parser.add_argument('--host', default='127.0.0.1', help='address to listen on (default: %(default)s)')
     parser.add_argument(
@@ -117,6 +117,7 @@ def loop_main(argv: list[str]) -> int:
             return 1
         name, password = users[0]
         print(f'llnode local loop at {loop.url} (data: {args.data.resolve()})')
+        print(f'web UI: {loop.ui_url} (log in as {name})')
         print(f'LOOP_HOST={loop.host_port}')
         print(f'LOOP_USERNAME={name}')
         print(f'LOOP_PASSWORD={password}')
