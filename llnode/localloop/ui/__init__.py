@@ -10,9 +10,10 @@ Static files are served from this package only (``/ui/static/...``); see docs/lo
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from flask import Blueprint, g, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, g, jsonify, redirect, render_template, request, url_for
 
 from llnode.localloop.errors import LoopApiError
 
@@ -30,6 +31,7 @@ def _wants_json() -> bool:
 def _guard() -> Any:
     from llnode.localloop.ui.security import csrf_ok, current_session
 
+    g.ui_started = time.perf_counter()
     session = current_session()
     g.ui_session = session
     if request.endpoint in OPEN_ENDPOINTS:
@@ -42,6 +44,15 @@ def _guard() -> Any:
     if request.method not in ('GET', 'HEAD', 'OPTIONS') and not csrf_ok(session):
         return jsonify(detail='missing or wrong CSRF token: reload the page'), 403
     return None
+
+
+@ui.after_request
+def _server_timing(response: Response) -> Response:
+    """``Server-Timing: app;dur=MS``: how long the server worked on the answer (what bench/ui.py measures)."""
+    started = g.get('ui_started')
+    if started is not None:
+        response.headers['Server-Timing'] = f'app;dur={(time.perf_counter() - started) * 1000:.2f}'
+    return response
 
 
 @ui.errorhandler(LoopApiError)

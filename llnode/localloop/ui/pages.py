@@ -6,6 +6,7 @@ import re
 import secrets
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from flask import Response, g, jsonify, make_response, redirect, render_template, request, send_file, url_for
 
@@ -15,6 +16,7 @@ from llnode.localloop.store import IMAGE_STATES, Store
 from llnode.localloop.ui import ui
 from llnode.localloop.ui.metrics import training_points
 from llnode.localloop.ui.security import LOGIN_CSRF_COOKIE, login_csrf_ok, new_login_token, safe_next
+from llnode.localloop.ui.svg import shapes_svg
 from llnode.localloop.ui.thumbs import thumbnail
 
 PROJECT = '/projects/<organization>/<project>'
@@ -235,7 +237,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
-def _shapes(item: dict[str, Any], colors: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+def shapes_of(item: dict[str, Any], colors: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
     """Boxes, points and polygons of an image item (annotations or detections) with their colours."""
 
     def color(d: dict[str, Any]) -> str:
@@ -302,15 +304,13 @@ def images(organization: str, project: str) -> Any:
         )
     colors = _colors(store, organization, project)
     detections = store.detections_by_image(ids, model) if model is not None and ids else {}
+    base = url_for('ui.images', organization=organization, project=project)
     items = []
     for item in store.images(organization, project, ids):
-        items.append(
-            {
-                'item': item,
-                'annotations': _shapes(item, colors),
-                'detections': _shapes(detections.get(item['id'], {}), colors),
-            }
+        overlay = shapes_svg(shapes_of(item, colors), 'annotation') + shapes_svg(
+            shapes_of(detections.get(item['id'], {}), colors), 'detection'
         )
+        items.append({'item': item, 'svg': overlay, 'url': f'{base}/{quote(item["id"], safe="")}'})
     pages = max(1, -(-total // per_page))
     filters = {
         'state': state or '',
@@ -371,7 +371,8 @@ def image_page(organization: str, project: str, image_id: str) -> Any:
             '',
         )
         if model:
-            layers.append({'model': model, **_shapes(detections, colors)})
+            shapes = shapes_of(detections, colors)
+            layers.append({'model': model, **shapes, 'svg': shapes_svg(shapes, 'detection', labels=True)})
     annotators = [
         {'id': n['id'] or n['sid'], 'name': n['name'] or n['id'] or n['sid']}
         for n in context().hub.connected()
