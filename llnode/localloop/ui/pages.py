@@ -445,6 +445,7 @@ def _training_rows(store: Store, organization: str, project: str) -> list[dict[s
                 'progress': status.get('progress') if live else None,
                 'errors': status.get('errors') if live else {},
                 'model': model,
+                'node_name': (node.get('name') if node is not None else None) or t['node_id'],
                 'error_msg': ack.get('error_msg') if not t['accepted'] else None,
             }
         )
