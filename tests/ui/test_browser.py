@@ -137,6 +137,16 @@ def test_begin_a_training_and_its_chart_gets_points(page: Any, ui_loop: LocalLoo
     page.click('#training-buttons button[data-command=stop_training]')
     page.wait_for_selector('#command-message:text("success")')
     page.wait_for_selector('#training-state:text("finished")', timeout=60_000)
+    # a second training, aborted: it ends without a model
+    wait_for(lambda: trainer.status().state == 'idle', what='the trainer to be idle again')
+    page.goto(f'{PROJECT_PATH}/trainings')
+    page.click('#begin')
+    page.wait_for_url(re.compile(r'/trainings/\d+$'))
+    page.wait_for_selector('#training-state:text("running")')
+    page.click('#training-buttons button[data-command=abort_training]')
+    page.wait_for_selector('#command-message:text("success")')
+    page.wait_for_selector('#training-state:text("ended")', timeout=30_000)
+    assert page.locator('#training-model').inner_text() == '-'
 
 
 def test_deploying_a_model_changes_the_detector_version_on_nodes(
