@@ -104,8 +104,11 @@ class ActiveLearningDemo:
         tty: bool | None = None,
         timings: NodeTimings | None = None,
         stopping: threading.Event | None = None,
+        keep_loop: bool = False,
     ) -> None:
         self.plan = plan
+        #: leave the local Loop (and its web UI) serving after the run; :meth:`shutdown` stops it later
+        self.keep_loop = keep_loop
         self.parts = parts
         self.data_dir = Path(data_dir)
         self.port = port
@@ -145,12 +148,13 @@ class ActiveLearningDemo:
             self.report.failed_step = running.name if running is not None else None
             self.report.error = 'interrupted'
         finally:
-            self.shutdown()
+            self.shutdown(keep_loop=self.keep_loop)
             self.report.finish()
         return self.report
 
-    def shutdown(self) -> None:
-        """Stop the nodes, then the Loop; every part within a bounded time. Safe to call more than once."""
+    def shutdown(self, *, keep_loop: bool = False) -> None:
+        """Stop the nodes, then the Loop unless ``keep_loop``; every part within a bounded time. Safe to call more
+        than once."""
         for served in (self.detector, self.trainer):
             if served is not None:
                 try:
@@ -162,7 +166,7 @@ class ActiveLearningDemo:
         if self.ui is not None:
             self.ui.close()
             self.ui = None
-        if self.loop is not None:
+        if self.loop is not None and not keep_loop:
             try:
                 self.loop.stop()
             except Exception:
@@ -193,6 +197,7 @@ class ActiveLearningDemo:
                 f'{DEMO_ORGANIZATION}/{DEMO_PROJECT}); watch it with: llnode control --url {self.loop.url} '
                 f'--user {DEMO_USER[0]}:{DEMO_USER[1]} nodes'
             )
+            self._say(f'web UI: {self.loop.ui_url} (log in as {DEMO_USER[0]}/{DEMO_USER[1]})')
 
     def _start_trainer(self) -> None:
         with self._step('trainer', 'connect a trainer to the Loop') as record:

@@ -67,6 +67,12 @@ def demo_parser() -> argparse.ArgumentParser:
         '--port', type=_port, default=0, help="the local Loop's port on 127.0.0.1 (default: any free port)"
     )
     parser.add_argument('--report-json', type=Path, metavar='PATH', help='also write the report as JSON to PATH')
+    parser.add_argument(
+        '--serve-ui',
+        action='store_true',
+        help="after the report, keep the local Loop and its web UI serving until Ctrl-C: look at both models' "
+        'detections and the images that came back (login demo/demo)',
+    )
     for flag, what in (
         ('epochs', 'epochs per training'),
         ('loop_images', 'annotated images the Loop starts with'),
@@ -157,9 +163,11 @@ def demo_main(
     timings: NodeTimings | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    stopping: threading.Event | None = None,
 ) -> int:
     """Run ``llnode demo ARGV``; the exit code. ``parts`` (:class:`~llnode.demo.parts.DemoParts`) and ``timings``
-    (:class:`~llnode.demo.active_learning.NodeTimings`) replace the torch model and the node timings (tests)."""
+    (:class:`~llnode.demo.active_learning.NodeTimings`) replace the torch model and the node timings (tests);
+    setting ``stopping`` does what SIGINT does (it also ends ``--serve-ui``)."""
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     args = demo_parser().parse_args(argv)
@@ -183,7 +191,7 @@ def demo_main(
         quiet_waiting_threads()
     temporary = args.data is None
     data = Path(tempfile.mkdtemp(prefix='llnode-demo-')) if temporary else args.data
-    stopping = threading.Event()
+    stopping = stopping if stopping is not None else threading.Event()
     demo = ActiveLearningDemo(
         plan,
         parts if parts is not None else torch_parts(),
@@ -193,6 +201,7 @@ def demo_main(
         stream=err,
         timings=timings,
         stopping=stopping,
+        keep_loop=args.serve_ui,
     )
     handler = logging.StreamHandler(err)
     handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
@@ -203,18 +212,25 @@ def demo_main(
     try:
         with stop_on_signals(stopping, err):
             report = demo.run()
+            if temporary:
+                report.data_folder = ''
+            if args.report_json is not None:
+                report.write_json(args.report_json)
+            out.write(report.render())
+            out.flush()
+            if args.serve_ui and demo.loop is not None and not report.interrupted:
+                out.write(
+                    f'web UI of the local Loop at {demo.loop.ui_url} (log in as demo/demo); '
+                    'Ctrl-C stops it and ends the demo\n'
+                )
+                out.flush()
+                stopping.wait()
     finally:
         demo.shutdown()
         root.removeHandler(handler)
         root.setLevel(previous_level)
         if temporary:
             shutil.rmtree(data, ignore_errors=True)
-    if temporary:
-        report.data_folder = ''
-    if args.report_json is not None:
-        report.write_json(args.report_json)
-    out.write(report.render())
-    out.flush()
     if report.interrupted:
         return EXIT_INTERRUPTED
     if not report.ok:

@@ -21,6 +21,8 @@ logger = logging.getLogger('llnode.localloop.app')
 
 SESSION_COOKIE = 'session'
 MAX_CONTENT_LENGTH = 512 * 1024 * 1024
+#: how long a login session lasts in the web UI (seconds since login), unless the LocalLoop is given another
+UI_SESSION_SECONDS = 12 * 3600.0
 
 
 @dataclass
@@ -31,6 +33,8 @@ class LoopContext:
     hub: Any = None
     stopping: threading.Event = field(default_factory=threading.Event)
     faults: Any = None  #: the server's :class:`~llnode.localloop.faults.FaultRules`
+    #: the web UI sends a person back to the login page this many seconds after login
+    session_seconds: float = UI_SESSION_SECONDS
 
 
 def context() -> LoopContext:
@@ -50,10 +54,12 @@ def require_login() -> str:
 
 
 def create_app(ctx: LoopContext) -> Flask:
-    """A Flask app serving ``/api`` (the Loop's REST API) and ``/control`` (what a person does in the web UI)."""
+    """A Flask app serving ``/api`` (the Loop's REST API), ``/control`` (what a person does in the web UI, as JSON)
+    and the web UI's pages (``/``, ``/login``, ``/projects/...``, ``/nodes``; see :mod:`llnode.localloop.ui`)."""
     from llnode.localloop.api import api
     from llnode.localloop.control import control
     from llnode.localloop.faults import FAULTS_PATH, faults
+    from llnode.localloop.ui import ui
 
     app = Flask('llnode.localloop')
     app.config['MAX_CONTENT_LENGTH'] = MAX_CONTENT_LENGTH
@@ -63,6 +69,7 @@ def create_app(ctx: LoopContext) -> Flask:
     app.register_blueprint(api, url_prefix='/api')
     app.register_blueprint(control, url_prefix='/control')
     app.register_blueprint(faults, url_prefix=FAULTS_PATH)
+    app.register_blueprint(ui)
 
     @app.errorhandler(LoopApiError)
     def loop_api_error(e: LoopApiError) -> Any:

@@ -32,7 +32,7 @@ def loop_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='llnode loop',
         description='Run a local Learning Loop: REST API under /api, Socket.IO at /ws/socket.io, control API under '
-        '/control. Serves until SIGINT/SIGTERM; everything is kept in the data folder.',
+        '/control, a web UI at /. Serves until SIGINT/SIGTERM; everything is kept in the data folder.',
     )
     parser.add_argument('--host', default='127.0.0.1', help='address to listen on (default: %(default)s)')
     parser.add_argument(
@@ -117,6 +117,7 @@ def loop_main(argv: list[str]) -> int:
             return 1
         name, password = users[0]
         print(f'llnode local loop at {loop.url} (data: {args.data.resolve()})')
+        print(f'web UI: {loop.ui_url} (log in as {name})')
         print(f'LOOP_HOST={loop.host_port}')
         print(f'LOOP_USERNAME={name}')
         print(f'LOOP_PASSWORD={password}')
@@ -201,6 +202,21 @@ def control_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command, help=f'send {command.replace("-", "_")} to a connected node')
         p.add_argument('node', help='node id or sid')
         p.add_argument('--ack-timeout', type=float)
+    p = sub.add_parser(
+        'handle-user-input', help='forward a mouse or key event to a connected annotator node (prints its ack)'
+    )
+    p.add_argument('node', help='annotator node id or sid')
+    p.add_argument(
+        'user_input',
+        metavar='JSON',
+        help='a UserInput {"frontend_id": ..., "data": {coordinate, event_type, context, image_uuid, category, ...}}; '
+        '@FILE reads a file',
+    )
+    p.add_argument('--ack-timeout', type=float, help='seconds to wait for the node (default 30)')
+    p = sub.add_parser('user-logout', help='tell a connected annotator node that a frontend is gone')
+    p.add_argument('node', help='annotator node id or sid')
+    p.add_argument('frontend_id', help='the frontend_id its inputs carried')
+    p.add_argument('--ack-timeout', type=float, help='seconds to wait for the node (default 30)')
     p = sub.add_parser('deploy', help="set or clear the project's deployment target")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument('--model-id')
@@ -293,6 +309,17 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
     if c in ('stop-training', 'abort-training', 'restart'):
         body = {} if args.ack_timeout is None else {'timeout': args.ack_timeout}
         return 'POST', f'/control/nodes/{args.node}/{c.replace("-", "_")}', body
+    if c == 'handle-user-input':
+        user_input = _json_argument(args.user_input, 'the user input')
+        if not isinstance(user_input, dict):
+            raise SystemExit('llnode control: the user input must be a JSON object {"frontend_id", "data"}')
+        body = {**user_input} if args.ack_timeout is None else {**user_input, 'timeout': args.ack_timeout}
+        return 'POST', f'/control/nodes/{args.node}/handle_user_input', body
+    if c == 'user-logout':
+        body = {'frontend_id': args.frontend_id}
+        if args.ack_timeout is not None:
+            body['timeout'] = args.ack_timeout
+        return 'POST', f'/control/nodes/{args.node}/user_logout', body
     if c == 'deploy':
         if args.clear:
             return 'DELETE', f'{project}/deployment', None

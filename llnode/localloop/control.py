@@ -299,11 +299,45 @@ def begin_training(organization: str, project: str) -> Any:
     return jsonify(result)
 
 
+#: seconds to wait for an annotator's answer to one user input (its tool runs, it may fetch the image first)
+ANNOTATOR_TIMEOUT = 30.0
+
+
+@control.post('/nodes/<node>/handle_user_input')
+def handle_user_input(node: str) -> Any:
+    """Forward a UserInput ``{frontend_id, data}`` (loop-protocol §7.3.2) to a connected annotator node, as the
+    Loop's web UI does with a person's mouse and key events; answers the node's ack (its payload is the SVG)."""
+    body = _body()
+    user_input = checked_user_input(body)
+    ack = context().hub.send(node, 'handle_user_input', user_input, timeout=_timeout(body, ANNOTATOR_TIMEOUT))
+    return jsonify(node=node, event='handle_user_input', ack=ack)
+
+
+@control.post('/nodes/<node>/user_logout')
+def user_logout(node: str) -> Any:
+    """Tell a connected annotator node that the frontend ``frontend_id`` is gone (its tool history is dropped)."""
+    body = _body()
+    frontend_id = body.get('frontend_id')
+    if not isinstance(frontend_id, str) or not frontend_id:
+        raise BadRequest('expected {"frontend_id": str}')
+    ack = context().hub.send(node, 'user_logout', frontend_id, timeout=_timeout(body, ANNOTATOR_TIMEOUT))
+    return jsonify(node=node, event='user_logout', ack=ack)
+
+
+def checked_user_input(body: dict[str, Any]) -> dict[str, Any]:
+    """The UserInput of a request body: ``frontend_id`` (string) and ``data`` (object), nothing else."""
+    frontend_id, data = body.get('frontend_id'), body.get('data')
+    if not isinstance(frontend_id, str) or not frontend_id or not isinstance(data, dict):
+        raise BadRequest('expected a UserInput {"frontend_id": str, "data": {coordinate, event_type, ...}}')
+    return {'frontend_id': frontend_id, 'data': data}
+
+
 @control.post('/nodes/<node>/<command>')
 def node_command(node: str, command: str) -> Any:
     """Send ``stop_training``, ``abort_training`` or ``restart`` to a connected node (id or sid)."""
     if command not in NODE_COMMANDS:
-        raise NotFound(f'unknown node command {command!r}; known: {", ".join(NODE_COMMANDS)}')
+        known = ', '.join([*NODE_COMMANDS, 'handle_user_input', 'user_logout'])
+        raise NotFound(f'unknown node command {command!r}; known: {known}')
     timeout = _timeout(_body(), NODE_COMMANDS[command])
     ack = context().hub.send(node, command, timeout=timeout)
     return jsonify(node=node, event=command, ack=ack)

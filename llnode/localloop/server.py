@@ -19,7 +19,7 @@ from typing import Any
 import socketio
 
 from llnode.config import Settings
-from llnode.localloop.app import LoopContext, create_app
+from llnode.localloop.app import UI_SESSION_SECONDS, LoopContext, create_app
 from llnode.localloop.faults import FaultMiddleware, FaultRules
 from llnode.localloop.generator import DEMO_ORGANIZATION, DEMO_PROJECT, seed_demo
 from llnode.localloop.sockets import NodeHub
@@ -69,6 +69,7 @@ class LocalLoop:
         threads: int = WAITRESS_THREADS,
         ping_interval: float = PING_INTERVAL,
         ping_timeout: float = PING_TIMEOUT,
+        session_seconds: float = UI_SESSION_SECONDS,
     ) -> None:
         if delay_ms < 0:
             raise ValueError(f'delay_ms must not be negative, got {delay_ms}')
@@ -84,6 +85,9 @@ class LocalLoop:
         self.threads = threads
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        if session_seconds <= 0:
+            raise ValueError(f'session_seconds must be positive, got {session_seconds}')
+        self.session_seconds = session_seconds
         self.port = 0
         self.store: Store = None  # type: ignore[assignment]  # set by start()
         self.sio: socketio.Server = None  # set by start()
@@ -104,6 +108,11 @@ class LocalLoop:
     @property
     def url(self) -> str:
         return f'http://{self.host_port}'
+
+    @property
+    def ui_url(self) -> str:
+        """The address of the web UI (log in with one of ``users``)."""
+        return f'{self.url}/'
 
     def settings(self, **overrides: Any) -> Settings:
         """Settings for a node talking to this Loop: first user's credentials, project ``zauberzeug/demo``."""
@@ -145,7 +154,7 @@ class LocalLoop:
         hub = NodeHub(
             self.store, allow_upgrades=self.websocket, ping_interval=self.ping_interval, ping_timeout=self.ping_timeout
         )
-        context = LoopContext(self.store, hub, faults=self.faults)
+        context = LoopContext(self.store, hub, faults=self.faults, session_seconds=self.session_seconds)
         wsgi: Any = socketio.WSGIApp(hub.sio, create_app(context), socketio_path='ws/socket.io')
         wsgi = FaultMiddleware(wsgi, self.faults)
         if self.delay_ms:

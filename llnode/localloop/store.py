@@ -1000,6 +1000,103 @@ class Store:
             for r in rows
         ]
 
+    # ------------------------------------------------------------------ reads for the web UI (llnode.localloop.ui)
+
+    def session_info(self, token: str | None) -> tuple[str, str] | None:
+        """``(username, created)`` of a login session, for the web UI's session lifetime; None if unknown."""
+        if not token:
+            return None
+        row = self._one(
+            'SELECT s.username, s.created FROM sessions s JOIN users u ON u.name = s.username WHERE token_hash = ?',
+            (hashlib.sha256(token.encode()).hexdigest(),),
+        )
+        return None if row is None else (str(row['username']), str(row['created']))
+
+    def image_counts(self, organization: str, project: str) -> dict[str, int]:
+        """How many images of the project are in each state (every state listed, zero included)."""
+        rows = self._query(
+            'SELECT state, COUNT(*) AS n FROM images WHERE organization = ? AND project = ? GROUP BY state',
+            (organization, project),
+        )
+        counts = dict.fromkeys(IMAGE_STATES, 0)
+        counts.update({r['state']: r['n'] for r in rows})
+        return counts
+
+    def image_tags(self, organization: str, project: str) -> list[str]:
+        """Every tag used on an image of the project, sorted."""
+        rows = self._query(
+            'SELECT DISTINCT t.value AS tag FROM images i, json_each(i.tags) t '
+            'WHERE i.organization = ? AND i.project = ? ORDER BY t.value',
+            (organization, project),
+        )
+        return [str(r['tag']) for r in rows]
+
+    def detection_models(self, organization: str, project: str) -> set[str]:
+        """The model names (versions) that stored detections for images of the project."""
+        rows = self._query(
+            'SELECT DISTINCT d.model FROM detections d JOIN images i ON i.id = d.image_id '
+            'WHERE i.organization = ? AND i.project = ?',
+            (organization, project),
+        )
+        return {str(r['model']) for r in rows}
+
+    def image_page(
+        self,
+        organization: str,
+        project: str,
+        *,
+        state: str | None = None,
+        image_set: str | None = None,
+        tag: str | None = None,
+        detections_of: str | None = None,
+        offset: int = 0,
+        limit: int = 60,
+    ) -> tuple[int, list[str]]:
+        """``(total, ids)``: how many images match the filters, and the ids of one page of them (oldest first).
+
+        ``detections_of``: only images with stored detections of that model name (version)."""
+        where = ['organization = ?', 'project = ?']
+        params: list[Any] = [organization, project]
+        if state:
+            where.append('state = ?')
+            params.append(state)
+        if image_set:
+            where.append('image_set = ?')
+            params.append(image_set)
+        if tag:
+            where.append('EXISTS (SELECT 1 FROM json_each(images.tags) t WHERE t.value = ?)')
+            params.append(tag)
+        if detections_of is not None:
+            where.append('EXISTS (SELECT 1 FROM detections d WHERE d.image_id = images.id AND d.model = ?)')
+            params.append(detections_of)
+        condition = ' AND '.join(where)
+        with self._lock:
+            total = self._db.execute(f'SELECT COUNT(*) FROM images WHERE {condition}', params).fetchone()[0]
+            rows = self._db.execute(
+                f'SELECT id FROM images WHERE {condition} ORDER BY rowid LIMIT ? OFFSET ?',
+                (*params, max(0, limit), max(0, offset)),
+            ).fetchall()
+        return int(total), [r['id'] for r in rows]
+
+    def detections_by_image(self, image_ids: Sequence[str], model: str) -> dict[str, dict[str, Any]]:
+        """The stored Detections of ``model`` for each of ``image_ids`` that has some."""
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(list(image_ids), 500):
+            marks = ','.join('?' * len(chunk))
+            for r in self._query(
+                f'SELECT image_id, data FROM detections WHERE model = ? AND image_id IN ({marks})', (model, *chunk)
+            ):
+                found[r['image_id']] = json.loads(r['data'])
+        return found
+
+    def training_updates_received(self, organization: str, project: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every ``update_training`` of the project as ``(received, payload)``, oldest first."""
+        rows = self._query(
+            'SELECT received, payload FROM training_updates WHERE organization = ? AND project = ? ORDER BY id',
+            (organization, project),
+        )
+        return [(str(r['received']), json.loads(r['payload'])) for r in rows]
+
 
 def _set_of(image_id: str) -> str:
     """Deterministic ~80/20 train/test split by id."""

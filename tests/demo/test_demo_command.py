@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from llnode.cli import main as cli_main
 from llnode.demo.active_learning import ActiveLearningDemo, NodeTimings
@@ -34,6 +36,7 @@ from llnode.schema import BoxDetection, ImageMetadata, ModelInformation
 from llnode.trainer import CriticalError, TrainerLogic, TrainingRun
 from tests.polling import wait_for
 from tests.trainer.trainer_support import ScriptedLogic
+from tests.ui.conftest import ui_login
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -448,3 +451,47 @@ def test_the_report_names_the_failed_step_in_text_and_json(tmp_path: Path) -> No
     data = json.loads((tmp_path / 'r.json').read_text())
     assert data['ok'] is False and data['failed_step'] == 'training-1' and data['trainings'][0]['f1_test'] == 0.5
     assert [s['ok'] for s in data['steps']] == [True, False] and '_started' not in data
+
+
+def test_serve_ui_keeps_the_loop_and_its_web_ui_serving_after_the_report_until_stopped(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    stopping = threading.Event()
+    codes: list[int] = []
+    runner = threading.Thread(
+        target=lambda: codes.append(
+            demo_main(
+                small_args(tmp_path, '--serve-ui'),
+                parts=stand_in_parts(),
+                timings=FAST,
+                stdout=out,
+                stderr=err,
+                stopping=stopping,
+            )
+        ),
+        name='test-demo-serve-ui',
+    )
+    runner.start()
+    try:
+        line = wait_for(
+            lambda: re.search(r'web UI of the local Loop at (http://\S+/) \(log in as demo/demo\)', out.getvalue()),
+            timeout=90,
+            what='the demo to finish and print the UI address',
+        )
+        assert 'every step worked' in out.getvalue()
+        assert f'web UI: {line.group(1)}' in err.getvalue()  # said at the start too
+        url = line.group(1).rstrip('/')
+        with requests.Session() as session:
+            ui_login(session, url, 'demo', 'demo')
+            grid = session.get(f'{url}/projects/{ORGANIZATION}/{PROJECT}/images?per_page=1000', timeout=10)
+            assert grid.status_code == 200
+            # the Loop's images, the ones that came back through the outbox included (8 + a few + 6)
+            assert grid.text.count('class="thumb"') >= 8 + 6
+            nodes = session.get(f'{url}/nodes', timeout=10)
+            assert 'llnode demo trainer' in nodes.text  # the nodes reported, and are stopped now
+    finally:
+        stopping.set()
+        runner.join(30)
+    assert not runner.is_alive()
+    assert codes == [EXIT_OK], err.getvalue()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f'{url}/login', timeout=2)

@@ -49,6 +49,8 @@ def test_llnode_loop_serves_until_sigterm(tmp_path: Path) -> None:
         printed: dict[str, str] = {}
         while 'LOOP_PROJECT' not in printed:
             line = lines.get(timeout=30)
+            if line.startswith('web UI: '):
+                printed['UI'] = line.split()[2]
             if '=' in line and line.startswith('LOOP_'):
                 key, value = line.split('=', 1)
                 printed[key] = value
@@ -57,6 +59,8 @@ def test_llnode_loop_serves_until_sigterm(tmp_path: Path) -> None:
         assert printed['LOOP_ORGANIZATION'] == 'zauberzeug'
         assert printed['LOOP_PROJECT'] == 'demo'
         url = f'http://{printed["LOOP_HOST"]}'
+        assert printed['UI'] == f'{url}/'
+        assert requests.get(printed['UI'], timeout=10).url.startswith(f'{url}/login')
         with requests.Session() as session:
             assert session.post(f'{url}/api/login', data={'username': 'admin', 'password': 'pw'}, timeout=10).ok
             data = session.get(f'{url}/api/zauberzeug/projects/demo/data', params={'state': 'complete'}, timeout=10)
