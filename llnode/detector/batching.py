@@ -15,6 +15,12 @@ An exception in the logic fails exactly the requests of that batch, with the ori
 on. ``stop()`` fails what is still queued with :class:`InferenceStopped`; ``drain_and_stop()`` finishes it first,
 which is what a model swap wants: build the new logic and its worker, switch the reference, drain the old one.
 
+Shapes: unless the logic declares ``accepts_mixed_shapes = True``, a batch holds images of one shape and dtype
+only (:func:`shape_key`). A request joins a batch only if its images match the batch's first request; the
+others keep their place and lead the next batch; a client's own mixed batch is split into one call per shape.
+A logic that sizes or clips every result by ``images[0].shape`` (yolov5_node's ``batch_evaluate``) would
+otherwise return wrong boxes for the images of a second camera, without any error.
+
 A logic with ``thread_safe = True`` runs in the caller's thread instead (no worker thread, no batching across
 callers; a client's own batch is still chunked by ``max_batch_size``); ``max_queue`` then bounds the images in
 flight. Pass ``in_caller_thread=False`` to batch a thread-safe logic anyway (e.g. one GPU model).
@@ -57,13 +63,23 @@ class InferenceTimeout(Unavailable):
     """The request did not finish within the caller's timeout; it is cancelled if it had not started yet."""
 
 
-class _Request:
-    """Images of one caller, kept together in one batch, and the future their results go to."""
+def shape_key(image: np.ndarray) -> tuple[Any, ...]:
+    """What images must share to be batched together for a logic that does not accept mixed shapes."""
+    return (image.shape, image.dtype.str)
 
-    __slots__ = ('future', 'images')
+
+class _Request:
+    """Images of one caller, kept together in one batch, and the future their results go to.
+
+    ``shape`` is the :func:`shape_key` all its images share, or None when they differ.
+    """
+
+    __slots__ = ('future', 'images', 'shape')
 
     def __init__(self, images: list[np.ndarray]) -> None:
         self.images = images
+        shapes = {shape_key(image) for image in images}
+        self.shape = shapes.pop() if len(shapes) == 1 else None
         self.future: concurrent.futures.Future[list[ImageMetadata]] = concurrent.futures.Future()
 
 
@@ -350,11 +366,18 @@ class InferenceWorker:
     def _take(self, batch: list[_Request], size: int) -> int:
         """Move queued requests into ``batch`` while they fit (the first always does); returns the new size.
 
+        Unless the logic ``accepts_mixed_shapes``, only requests whose images have the shape and dtype of the
+        batch's first request join it; the others keep their place in the queue and lead the next batch.
         Caller holds ``self._cond``. Requests whose caller gave up (cancelled futures) are dropped.
         """
+        mixed = self.logic.accepts_mixed_shapes
+        skipped: list[_Request] = []
         while self._queue:
             request = self._queue[0]
             count = len(request.images)
+            if batch and not mixed and (request.shape is None or request.shape != batch[0].shape):
+                skipped.append(self._queue.popleft())
+                continue
             if batch and size + count > self.max_batch_size:
                 break
             self._queue.popleft()
@@ -363,6 +386,7 @@ class InferenceWorker:
                 continue
             batch.append(request)
             size += count
+        self._queue.extendleft(reversed(skipped))
         return size
 
     def _execute(self, batch: list[_Request]) -> None:
@@ -370,13 +394,14 @@ class InferenceWorker:
         calls = handed = largest = 0
         started = time.perf_counter()
         try:
-            results: list[ImageMetadata] = []
-            for start in range(0, len(images), self.max_batch_size):
-                chunk = images[start : start + self.max_batch_size]
+            slots: list[ImageMetadata | None] = [None] * len(images)
+            for chunk in self._chunks(images):
                 calls += 1
                 handed += len(chunk)
                 largest = max(largest, len(chunk))
-                results.extend(run_batch(self.logic, chunk))
+                for index, result in zip(chunk, run_batch(self.logic, [images[i] for i in chunk]), strict=True):
+                    slots[index] = result
+            results = [result for result in slots if result is not None]  # every slot is set by now
         except BaseException as error:
             self._count(len(batch), handed, calls, largest, time.perf_counter() - started, failed=True)
             logger.warning(
@@ -392,6 +417,19 @@ class InferenceWorker:
         for request in batch:
             request.future.set_result(results[start : start + len(request.images)])
             start += len(request.images)
+
+    def _chunks(self, images: list[np.ndarray]) -> list[list[int]]:
+        """The indices of ``images`` per logic call: at most ``max_batch_size`` each and, unless the logic
+        ``accepts_mixed_shapes``, one shape and dtype per call (a client's own mixed batch is split)."""
+        if self.logic.accepts_mixed_shapes:
+            groups = [list(range(len(images)))]
+        else:
+            by_shape: dict[tuple[Any, ...], list[int]] = {}
+            for index, image in enumerate(images):
+                by_shape.setdefault(shape_key(image), []).append(index)
+            groups = list(by_shape.values())
+        step = self.max_batch_size
+        return [group[start : start + step] for group in groups for start in range(0, len(group), step)]
 
     def _count(self, requests: int, images: int, calls: int, largest: int, seconds: float, *, failed: bool) -> None:
         """Add one batch to the counters (before its callers see a result, so they find it counted)."""
