@@ -9,7 +9,10 @@ and on-disk layout. What differs is how it holds up:
   swap, failures keep it serving and are retried with back-off;
 - status syncs run in their own thread (:mod:`llnode.detector.status_sync`), so no request waits for the Loop;
 - the detect path hands images to the outbox's writer thread: it never waits for disk or network;
-- bad input is a JSON error with a fitting status, never a bare 500.
+- bad input is a JSON error with a fitting status, never a bare 500;
+- a :class:`~llnode.node.restart.NodeNeedsRestartError` from the factory's ``build`` or the logic's
+  ``evaluate``/``batch_evaluate`` stops the node for a fresh process (``EXIT_NEEDS_RESTART``); the request that
+  met it is answered 503.
 
 Use it in code as well as over the network: :meth:`DetectorNode.detect`, :meth:`batch_detect` and
 :meth:`upload` are what the routes call.
@@ -45,6 +48,7 @@ from llnode.node.errors import BadRequest, InsufficientStorage, Unavailable, Unp
 from llnode.node.identity import node_key
 from llnode.node.node import Node
 from llnode.node.repeat import REPEAT_INTERVAL
+from llnode.node.restart import NodeNeedsRestartError
 from llnode.schema import (
     AboutResponse,
     DetectorStatus,
@@ -184,6 +188,7 @@ class DetectorNode(Node):
             worker_options={'max_batch_size': max_batch_size, 'max_wait_ms': max_batch_wait_ms, 'max_queue': max_queue},
             backoff=update_backoff,
             name=self.key,
+            on_restart_needed=self.restart_needed,
         )
         self._version_lock = threading.Lock()  # one version-control choice saved and applied at a time
         saved = load_choice(settings.data_folder)
@@ -288,6 +293,9 @@ class DetectorNode(Node):
             model = self.models.serving()
             try:
                 return model.worker.evaluate_many(images, timeout=self.inference_timeout)
+            except NodeNeedsRestartError as e:
+                self.restart_needed(e)
+                raise Unavailable(f'the detector needs a restart: {e}', retry_after=5) from None
             except InferenceStopped:
                 if attempt == 2:
                     raise

@@ -11,7 +11,8 @@ Lifecycle (DESIGN.md, "Threads and lifecycle"):
   once, without waiting for threads (python-rq's worker does the same).
 - Nothing calls ``sys.exit()``: a restart wish (the Loop's ``restart`` event, a node that needs a fresh
   process) is ``request_restart(code)``, which ends ``run()``/``serve()`` with that code; a supervisor restarts
-  the process.
+  the process. A :class:`~llnode.node.restart.NodeNeedsRestartError` raised by a hook (or a logic, see the
+  node types) is ``restart_needed(error)``: ``run()``/``serve()`` return ``EXIT_NEEDS_RESTART`` (75).
 
 Hooks a node overrides (no leading underscores): ``on_start()``, ``on_repeat()``, ``on_stop()``, ``is_ready()``,
 ``stats()`` and ``blueprints()``.
@@ -38,6 +39,7 @@ from llnode.node.errors import NodeHTTPError
 from llnode.node.identity import node_key, node_uuid
 from llnode.node.memory import IdleTrimmer, RequestActivity, tune_allocator
 from llnode.node.repeat import REPEAT_INTERVAL, RepeatThread
+from llnode.node.restart import EXIT_FORCED, EXIT_NEEDS_RESTART, EXIT_OK, NodeNeedsRestartError
 from llnode.node.serving import SERVERS, HTTPServer, make_server
 from llnode.node.wsmask import install as install_numpy_unmasking
 
@@ -325,6 +327,15 @@ class Node:
         logger.info('%s: restart requested (exit code %d)', self._name, code)
         self._exit_event.set()
 
+    def restart_needed(self, error: BaseException) -> None:
+        """Stop the node for a fresh process: ``run()``/``serve()`` return ``EXIT_NEEDS_RESTART``; any thread.
+
+        What a :class:`~llnode.node.restart.NodeNeedsRestartError` from a hook or a logic leads to (a restart wish
+        made before keeps its code).
+        """
+        logger.error('%s: needs a restart: %s', self._name, error or type(error).__name__)
+        self.request_restart(EXIT_NEEDS_RESTART)
+
     def mute(self) -> None:
         """Mute the repeat cycle and disconnect the Loop socket (``PUT /socketio off``)."""
         self._repeat.mute()
@@ -456,7 +467,12 @@ class Node:
         self.stop()
 
     def run(self) -> int:
-        """Start (unless started), block until a signal, ``stop()`` or ``request_restart()``, stop; the exit code."""
+        """Start (unless started), block until a signal, ``stop()`` or ``request_restart()``, stop; the exit code.
+
+        Exit codes (:mod:`llnode.node.restart`): 0 after a signal, ``stop()`` or a restart wish with code 0; 1 when
+        a second signal forced the shutdown; 75 (``EXIT_NEEDS_RESTART``) after a ``NodeNeedsRestartError``
+        (from ``on_start`` too); otherwise the code given to ``request_restart()``.
+        """
         return self._block(None)
 
     def serve(self, host: str = '0.0.0.0', port: int = 80, *, server: str = 'waitress', threads: int = 32) -> int:
@@ -496,9 +512,12 @@ class Node:
                 if self._state == _NEW:
                     try:
                         self.start()
-                    except BaseException:
+                    except BaseException as e:
                         if http is not None:
                             http.stop(1.0)
+                        if isinstance(e, NodeNeedsRestartError):
+                            self.restart_needed(e)
+                            return EXIT_NEEDS_RESTART
                         raise
                 if http is not None:
                     http.start()
@@ -513,8 +532,8 @@ class Node:
                 logger.warning('%s: forced shutdown; not waiting for threads', self._name)
                 self._exit_event.set()
                 self._repeat.request_stop()
-                return 1
-            return self._exit_code if self._exit_code is not None else 0
+                return EXIT_FORCED
+            return self._exit_code if self._exit_code is not None else EXIT_OK
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
@@ -540,7 +559,10 @@ class Node:
     def _cycle(self) -> None:
         if self.needs_loop_socket and not self._ensure_loop_link():
             return
-        self.on_repeat()
+        try:
+            self.on_repeat()
+        except NodeNeedsRestartError as e:
+            self.restart_needed(e)
 
     def _ensure_loop_link(self) -> bool:
         with self._link_lock:

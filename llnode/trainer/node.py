@@ -126,6 +126,7 @@ class TrainerNode(Node):
             keep_old_trainings=self.settings.keep_old_trainings,
             thread_name=f'llnode-trainer-{node_key(name)}',
             slot=training_slot if training_slot is not None else training_slot_from_settings(self.settings),
+            on_restart_needed=self.restart_needed,
         )
         self._status_lock = threading.Lock()  # guards _reported_state and _idle_since
         self._reported_state: str | None = None

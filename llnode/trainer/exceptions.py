@@ -1,0 +1,8 @@
+"""The trainer's exceptions under the reference's module name (``learning_loop_node.trainer.exceptions``)."""
+
+from __future__ import annotations
+
+from llnode.node.restart import NodeNeedsRestartError
+from llnode.trainer.logic import CriticalError
+
+__all__ = ['CriticalError', 'NodeNeedsRestartError']
