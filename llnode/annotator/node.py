@@ -36,6 +36,7 @@ from llnode.annotator.sessions import (
 from llnode.config import Settings
 from llnode.loop.errors import LoopConnectionError, LoopError
 from llnode.loop.exchange import DataExchange
+from llnode.node.metrics import Metric, gauge
 from llnode.node.node import Node
 from llnode.node.repeat import REPEAT_INTERVAL
 from llnode.schema import NodeStatus, SchemaError, SegmentationAnnotation, ToolOutput, UserInput
@@ -208,6 +209,20 @@ class AnnotatorNode(Node):
         stats = super().stats()
         stats['annotator'] = self.stats_section('annotator', lambda: {'frontends': len(self.sessions.frontend_ids())})
         return stats
+
+    def metric_families(self) -> Iterator[Metric]:
+        """``Node.metric_families()`` plus ``llnode_annotator_frontends``."""
+        yield from super().metric_families()
+        yield from self.metrics_section(
+            'annotator',
+            lambda: [
+                gauge(
+                    'llnode_annotator_frontends',
+                    'Frontends with an annotation history',
+                    len(self.sessions.frontend_ids()),
+                )
+            ],
+        )
 
     def send_status(self) -> bool:
         """Send ``update_annotation_node`` now; True if the Loop acknowledged it. Never raises.

@@ -27,6 +27,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from llnode.logs import socketio_loggers
 from llnode.node.errors import BadRequest, NodeHTTPError
+from llnode.node.metrics import UNMATCHED_ROUTE
 from llnode.node.multipart import InMemoryFormDataParser
 
 if TYPE_CHECKING:
@@ -152,9 +153,30 @@ def _unexpected_error(error: Exception) -> Response:
 
 
 def common_blueprint(node: Node) -> Blueprint:
-    """Routes every node serves: the reference's ``/debug_logging`` and ``/socketio``, plus health probes and
-    ``/stats``."""
+    """Routes every node serves: the reference's ``/debug_logging`` and ``/socketio``, plus health probes,
+    ``/stats`` and ``/metrics``; its request hooks count every request of the app for ``/metrics``."""
     blueprint = Blueprint('llnode_common', __name__)
+    requests = node.metrics.requests
+
+    @blueprint.before_app_request
+    def count_started() -> None:
+        requests.started()
+
+    @blueprint.after_app_request
+    def count_answered(response: WerkzeugResponse) -> WerkzeugResponse:
+        rule = request.url_rule
+        requests.answered(request.method, rule.rule if rule is not None else UNMATCHED_ROUTE, response.status_code)
+        return response
+
+    @blueprint.teardown_app_request
+    def count_finished(error: BaseException | None) -> None:
+        requests.finished()
+
+    @blueprint.get('/metrics')
+    def metrics() -> Response:
+        """Prometheus text format: the node's metrics and the process collector's (``llnode.node.metrics``)."""
+        body, content_type = node.metrics.exposition(request.headers.get('Accept'))
+        return Response(body, content_type=content_type)
 
     @blueprint.get('/healthz')
     def healthz() -> Response:

@@ -15,7 +15,7 @@ Lifecycle (DESIGN.md, "Threads and lifecycle"):
   node types) is ``restart_needed(error)``: ``run()``/``serve()`` return ``EXIT_NEEDS_RESTART`` (75).
 
 Hooks a node overrides (no leading underscores): ``on_start()``, ``on_repeat()``, ``on_stop()``, ``is_ready()``,
-``stats()`` and ``blueprints()``.
+``stats()``, ``metric_families()`` and ``blueprints()``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,6 +38,15 @@ from llnode.node.app import SOCKETIO_PATH, common_blueprint, create_app, create_
 from llnode.node.errors import NodeHTTPError
 from llnode.node.identity import node_key, node_uuid
 from llnode.node.memory import IdleTrimmer, RequestActivity, tune_allocator
+from llnode.node.metrics import (
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+    NodeMetrics,
+    counter,
+    gauge,
+    state_set,
+)
 from llnode.node.repeat import REPEAT_INTERVAL, RepeatThread
 from llnode.node.restart import EXIT_FORCED, EXIT_NEEDS_RESTART, EXIT_OK, NodeNeedsRestartError
 from llnode.node.serving import SERVERS, HTTPServer, make_server
@@ -63,6 +72,7 @@ SIGNAL_POLL_S = 0.1
 STATS_FAILURES_KEPT = 64
 
 _NEW, _STARTING, _RUNNING, _STOPPING, _STOPPED = 'new', 'starting', 'running', 'stopping', 'stopped'
+_STATES = (_NEW, _STARTING, _RUNNING, _STOPPING, _STOPPED)
 
 
 class _ForcedShutdown(BaseException):
@@ -155,6 +165,8 @@ class Node:
         self._stats_lock = threading.Lock()
         self._stats_failures: OrderedDict[tuple[str, str], None] = OrderedDict()
 
+        self._metrics = NodeMetrics(self.metric_families)
+
         self._app_lock = threading.Lock()
         self._flask_app: Flask | None = None
         self._wsgi_app: socketio.WSGIApp | None = None
@@ -181,6 +193,11 @@ class Node:
     def sio(self) -> socketio.Server:
         """The node's Socket.IO server (mounted at ``/ws/socket.io``); register events with ``node.sio.on``."""
         return self._sio
+
+    @property
+    def metrics(self) -> NodeMetrics:
+        """The node's Prometheus registry (``GET /metrics``); ``metrics.registry`` takes collectors of your own."""
+        return self._metrics
 
     @property
     def flask_app(self) -> Flask:
@@ -297,6 +314,64 @@ class Node:
         if self.needs_loop_socket:
             stats['loop'] = self.stats_section('loop', self._loop_stats)
         return stats
+
+    def metric_families(self) -> Iterator[Metric]:
+        """The node's own Prometheus metric families, built at each scrape (``GET /metrics``; the process
+        collector's figures come besides).
+
+        Here: ``llnode_node_info`` (name, uuid, node type, llnode version), ``llnode_node_state``, ``llnode_node_muted``,
+        ``llnode_repeat_cycles_total``, ``llnode_repeat_failures_total``, the REST API's
+        ``llnode_http_requests_total`` (by method, route and status) and ``llnode_http_requests_in_flight``,
+        ``llnode_socketio_sessions`` (by transport) and, for nodes with a Loop socket, ``llnode_loop_connected``.
+        Subclasses yield from ``super().metric_families()`` and add their sections, each through
+        :meth:`metrics_section`.
+        """
+        yield from self.metrics_section('node', self._node_families)
+        yield from self.metrics_section('http', self._metrics.requests.families)
+        yield from self.metrics_section('socketio', self._socketio_families)
+        if self.needs_loop_socket:
+            yield from self.metrics_section('loop', self._loop_families)
+
+    def metrics_section(self, name: str, source: Callable[[], Iterable[Metric]]) -> list[Metric]:
+        """The families ``source()`` gives, or none when it raises (each distinct failure is logged once, as for
+        :meth:`stats_section`), so one failing section never fails the scrape."""
+        try:
+            return list(source())
+        except Exception as e:
+            self._log_stats_failure(f'metrics {name}', f'{type(e).__name__}: {e}', e)
+            return []
+
+    def _node_families(self) -> Iterator[Metric]:
+        from llnode import __version__
+
+        info = InfoMetricFamily('llnode_node', 'The node: its name, uuid, type and llnode version')
+        info.add_metric(
+            [], {'name': self._name, 'uuid': self._uuid, 'node_type': self.node_type, 'version': __version__}
+        )
+        yield info
+        yield state_set('llnode_node_state', "The node's lifecycle state", _STATES, self._state)
+        yield gauge('llnode_node_muted', '1 while the repeat cycle is muted (PUT /socketio off)', int(self.muted))
+        yield counter('llnode_repeat_cycles', 'Repeat cycles run', self._repeat.cycles)
+        yield counter('llnode_repeat_failures', 'Repeat cycles that raised', self._repeat.failures)
+
+    def _socketio_families(self) -> Iterator[Metric]:
+        sessions = {'polling': 0, 'websocket': 0}
+        for socket in list(self._sio.eio.sockets.values()):
+            if not socket.closed:
+                sessions['websocket' if socket.upgraded else 'polling'] += 1
+        family = GaugeMetricFamily(
+            'llnode_socketio_sessions',
+            'Open Socket.IO (engine.io) sessions of clients, by transport',
+            labels=['transport'],
+        )
+        for transport, count in sessions.items():
+            family.add_metric([transport], count)
+        yield family
+
+    def _loop_families(self) -> Iterator[Metric]:
+        link = self.loop_socket
+        connected = link is not None and link.connected
+        yield gauge('llnode_loop_connected', '1 while the Socket.IO link to the Loop is up', int(connected))
 
     def stats_section(self, name: str, source: Callable[[], Any]) -> Any:
         """``source()`` as the section ``name`` of :meth:`stats`, or ``{"error": "<Type>: <message>"}`` when it

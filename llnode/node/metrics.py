@@ -1,0 +1,195 @@
+"""A node's Prometheus metrics (``GET /metrics``): one registry per node, filled at scrape time.
+
+Why this shape:
+
+- one :class:`~prometheus_client.CollectorRegistry` per node, never the global one: several nodes run in one
+  process (tests, a trainer beside a detector), and each must show only its own figures;
+- custom collectors read the counters the node keeps anyway (``Node.stats()``'s sources: the inference observer,
+  the outbox, the model manager, the training machine) when Prometheus scrapes, so there is one source of truth
+  and nothing to keep in step; only what the node did not count before (HTTP requests by route, batch and wait
+  histograms) is counted here, with one lock and a few integer additions per event;
+- no ``_created`` series and few buckets: a scrape renders about a hundred lines in a few hundred microseconds
+  (``bench/metrics.py``).
+
+Names follow Prometheus' conventions: the ``llnode_`` prefix, base units (seconds, bytes), ``_total`` for counters
+(prometheus-client adds it), ``_info`` for info metrics. The process collector adds the usual ``process_*``
+figures. A node type adds its families in :meth:`Node.metric_families <llnode.node.node.Node.metric_families>`,
+each section through :meth:`Node.metrics_section <llnode.node.node.Node.metrics_section>`, so a section that
+fails is logged once and left out while the rest still answers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    StateSetMetricFamily,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+#: the content type of ``GET /metrics`` unless the scraper asks for another (Prometheus text format 0.0.4)
+METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+#: the route label of requests that matched no route (404s): one series, whatever the path
+UNMATCHED_ROUTE = '<unmatched>'
+
+__all__ = [
+    'METRICS_CONTENT_TYPE',
+    'BucketCounts',
+    'CounterMetricFamily',
+    'GaugeMetricFamily',
+    'HistogramMetricFamily',
+    'InfoMetricFamily',
+    'Metric',
+    'NodeMetrics',
+    'RequestCounts',
+    'StateSetMetricFamily',
+    'counter',
+    'gauge',
+    'state_set',
+]
+
+
+class BucketCounts:
+    """A histogram's counts, kept as plain integers under one lock (what :class:`HistogramMetricFamily` renders).
+
+    ``bounds`` are the upper bounds of the buckets (``+Inf`` is added). ``observe`` costs a bisection and two
+    additions; a scrape reads a consistent copy.
+    """
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        if not bounds or list(bounds) != sorted(set(bounds)):
+            raise ValueError(f'bucket bounds must be increasing and unique, got {bounds!r}')
+        self.bounds = tuple(float(bound) for bound in bounds)
+        self._lock = threading.Lock()
+        self._counts = [0] * (len(self.bounds) + 1)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self.bounds, value)
+        with self._lock:
+            self._counts[index] += 1
+            self._sum += value
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        indices = [(bisect.bisect_left(self.bounds, value), value) for value in values]
+        with self._lock:
+            for index, value in indices:
+                self._counts[index] += 1
+                self._sum += value
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return sum(self._counts)
+
+    def family(self, name: str, documentation: str, unit: str = '') -> HistogramMetricFamily:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, running = [], 0
+        for bound, count in zip((*self.bounds, float('inf')), counts, strict=True):
+            running += count
+            cumulative.append((_bound_text(bound), running))
+        return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=total, unit=unit)
+
+
+def _bound_text(bound: float) -> str:
+    if bound == float('inf'):
+        return '+Inf'
+    return repr(bound) if bound != int(bound) else f'{bound:.1f}'
+
+
+class RequestCounts:
+    """HTTP requests answered, by method, route (the URL rule, not the path) and status, and those in flight."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._answered: dict[tuple[str, str, str], int] = {}
+        self._in_flight = 0
+
+    def started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def finished(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def answered(self, method: str, route: str, status: int) -> None:
+        key = (method, route, str(status))
+        with self._lock:
+            self._answered[key] = self._answered.get(key, 0) + 1
+
+    def count(self, method: str, route: str, status: int) -> int:
+        with self._lock:
+            return self._answered.get((method, route, str(status)), 0)
+
+    def families(self) -> Iterator[Metric]:
+        with self._lock:
+            answered, in_flight = sorted(self._answered.items()), self._in_flight
+        requests = CounterMetricFamily(
+            'llnode_http_requests',
+            'HTTP requests answered by the REST API, by method, route and status (Socket.IO traffic not included)',
+            labels=('method', 'route', 'status'),
+        )
+        for labels, value in answered:
+            requests.add_metric(labels, value)
+        yield requests
+        yield gauge('llnode_http_requests_in_flight', 'HTTP requests the REST API is handling now', in_flight)
+
+
+def gauge(name: str, documentation: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    """A gauge family of one sample (with ``labels``, if given)."""
+    if labels:
+        family = GaugeMetricFamily(name, documentation, labels=list(labels))
+        family.add_metric(list(labels.values()), value)
+        return family
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    """A counter family of one sample (``name`` without ``_total``; it is added)."""
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def state_set(name: str, documentation: str, states: Iterable[str], current: str) -> StateSetMetricFamily:
+    """An enum as a state set: one series per state, 1 for ``current``."""
+    family = StateSetMetricFamily(name, documentation)
+    family.add_metric([], {state: state == current for state in states})
+    return family
+
+
+class _NodeCollector(Collector):
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families())
+
+
+class NodeMetrics:
+    """The registry of one node: the process collector and the node's own families (``node.metric_families()``).
+
+    ``requests`` counts the REST API's requests (the common blueprint's request hooks feed it).
+    """
+
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = RequestCounts()
+        ProcessCollector(registry=self.registry)
+        self.registry.register(_NodeCollector(families))
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """Every metric and its content type, as ``GET /metrics`` answers: Prometheus' text format 0.0.4, or
+        the format the ``Accept`` header asks for (OpenMetrics, text 1.0.0), as prometheus-client negotiates it."""
+        encode, content_type = choose_encoder(accept or '')
+        return encode(self.registry), content_type
