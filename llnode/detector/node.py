@@ -38,6 +38,7 @@ from llnode.detector.images import check_decodable, decode_image, keep_pillow_bl
 from llnode.detector.logic import DetectorFactory
 from llnode.detector.metrics import InferenceMetrics, loop_families, model_families, outbox_families
 from llnode.detector.model_store import ModelStore, RetryBackoff, is_version
+from llnode.detector.openapi import describe_detector
 from llnode.detector.outbox import Outbox, OutboxClosed, OutboxFull
 from llnode.detector.relevance import RelevanceFilter
 from llnode.detector.rest import detector_blueprints
@@ -49,6 +50,7 @@ from llnode.node.errors import BadRequest, InsufficientStorage, Unavailable, Unp
 from llnode.node.identity import node_key
 from llnode.node.metrics import Metric, state_set
 from llnode.node.node import Node
+from llnode.node.openapi import ApiDescription
 from llnode.node.repeat import REPEAT_INTERVAL
 from llnode.node.restart import NodeNeedsRestartError
 from llnode.schema import (
@@ -531,6 +533,11 @@ class DetectorNode(Node):
         if callable(cameras):
             stats['relevance_filter'] = self.stats_section('relevance_filter', lambda: {'cameras': len(cameras())})
         return stats
+
+    def api_description(self) -> ApiDescription:
+        api = super().api_description()
+        describe_detector(api, self)
+        return api
 
     def metric_families(self) -> Iterator[Metric]:
         """``Node.metric_families()`` plus the detector's (:mod:`llnode.detector.metrics`): inference counters

@@ -26,6 +26,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from llnode.logs import socketio_loggers
+from llnode.node.docs_page import docs_page
 from llnode.node.errors import BadRequest, NodeHTTPError
 from llnode.node.metrics import UNMATCHED_ROUTE
 from llnode.node.multipart import InMemoryFormDataParser
@@ -109,7 +110,7 @@ class _InMemoryRequest(Request):
 
 def create_app(blueprints: Iterable[Blueprint], *, max_request_bytes: int | None = None) -> Flask:
     """The node's Flask app: the given blueprints, JSON errors, and a request size limit (413 above it)."""
-    app = Flask('llnode.node')
+    app = Flask('llnode.node', static_folder=None)  # a node serves no files (no /static/<path> route)
     app.request_class = _InMemoryRequest
     app.config['MAX_CONTENT_LENGTH'] = max_request_bytes
     if isinstance(app.json, DefaultJSONProvider):
@@ -154,7 +155,7 @@ def _unexpected_error(error: Exception) -> Response:
 
 def common_blueprint(node: Node) -> Blueprint:
     """Routes every node serves: the reference's ``/debug_logging`` and ``/socketio``, plus health probes,
-    ``/stats`` and ``/metrics``; its request hooks count every request of the app for ``/metrics``."""
+    ``/stats``, ``/metrics``, ``/openapi.json`` and ``/docs``; its request hooks count every request of the app for ``/metrics``."""
     blueprint = Blueprint('llnode_common', __name__)
     requests = node.metrics.requests
 
@@ -171,6 +172,16 @@ def common_blueprint(node: Node) -> Blueprint:
     @blueprint.teardown_app_request
     def count_finished(error: BaseException | None) -> None:
         requests.finished()
+
+    @blueprint.get('/openapi.json')
+    def openapi() -> Response:
+        """The node's OpenAPI 3.1 document (``Node.api_description()``)."""
+        return json_response(node.openapi())
+
+    @blueprint.get('/docs')
+    def docs() -> Response:
+        """The document as a page of its own: no script or style from elsewhere (:mod:`llnode.node.docs_page`)."""
+        return Response(docs_page(node.openapi()), mimetype='text/html')
 
     @blueprint.get('/metrics')
     def metrics() -> Response:

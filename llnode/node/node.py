@@ -15,7 +15,7 @@ Lifecycle (DESIGN.md, "Threads and lifecycle"):
   node types) is ``restart_needed(error)``: ``run()``/``serve()`` return ``EXIT_NEEDS_RESTART`` (75).
 
 Hooks a node overrides (no leading underscores): ``on_start()``, ``on_repeat()``, ``on_stop()``, ``is_ready()``,
-``stats()``, ``metric_families()`` and ``blueprints()``.
+``stats()``, ``metric_families()``, ``api_description()`` and ``blueprints()``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from llnode.node.metrics import (
     gauge,
     state_set,
 )
+from llnode.node.openapi import ApiDescription, describe_common_routes
 from llnode.node.repeat import REPEAT_INTERVAL, RepeatThread
 from llnode.node.restart import EXIT_FORCED, EXIT_NEEDS_RESTART, EXIT_OK, NodeNeedsRestartError
 from llnode.node.serving import SERVERS, HTTPServer, make_server
@@ -291,6 +292,27 @@ class Node:
     def blueprints(self) -> list[Blueprint]:
         """The blueprints the app is built from; subclasses extend ``super().blueprints()``."""
         return [common_blueprint(self)]
+
+    def api_description(self) -> ApiDescription:
+        """The node's REST routes (and Socket.IO events) for ``GET /openapi.json`` and ``/docs``.
+
+        Subclasses that add routes in ``blueprints()`` describe them here, on ``super().api_description()``; a
+        test compares the document with the routes the app serves (:mod:`llnode.node.openapi`).
+        """
+        from llnode import __version__
+
+        api = ApiDescription(
+            f'llnode {self.node_type} node "{self._name}"',
+            __version__,
+            f'A Learning Loop node of type `{self.node_type}`, built on llnode. Errors are JSON `{{"detail": "..."}}` '
+            'with the status each route lists.',
+        )
+        describe_common_routes(api, self)
+        return api
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of this node (``GET /openapi.json``)."""
+        return self.api_description().document()
 
     def stats(self) -> dict[str, Any]:
         """How the node is doing, as one JSON-able dict (``GET /stats`` answers it).

@@ -30,6 +30,7 @@ from llnode.node.errors import Unavailable
 from llnode.node.identity import node_key
 from llnode.node.metrics import Metric, gauge, state_set
 from llnode.node.node import Node
+from llnode.node.openapi import ApiDescription
 from llnode.node.repeat import REPEAT_INTERVAL
 from llnode.schema import (
     Context,
@@ -191,6 +192,14 @@ class TrainerNode(Node):
         stats = super().stats()
         stats['training'] = self.stats_section('training', self._training_stats)
         return stats
+
+    def api_description(self) -> ApiDescription:
+        api = super().api_description()
+        if self.use_backdoor_controls:
+            from llnode.trainer.backdoor import describe_backdoor
+
+            describe_backdoor(api)
+        return api
 
     def metric_families(self) -> Iterator[Metric]:
         """``Node.metric_families()`` plus ``llnode_trainer_state`` (a state set over every trainer state),
