@@ -79,7 +79,7 @@ def test_a_route_without_a_description_is_found(local_loop: LocalLoop, tmp_path:
     assert route_mismatch(node) == ({('/items/{item}', 'DELETE')}, set())
 
 
-@pytest.mark.parametrize('kind', ['detector', 'node'])
+@pytest.mark.parametrize('kind', NODE_KINDS)
 def test_the_socketio_events_described_are_those_handled(kind: str, local_loop: LocalLoop, tmp_path: Path) -> None:
     node = build_node(kind, local_loop, tmp_path / 'node')
     handled = set(node.sio.handlers.get('/', {})) - {'connect', 'disconnect'}
