@@ -49,6 +49,7 @@ __all__ = [
     'GaugeMetricFamily',
     'HistogramMetricFamily',
     'InfoMetricFamily',
+    'LabelledCounts',
     'Metric',
     'NodeMetrics',
     'RequestCounts',
@@ -108,12 +109,43 @@ def _bound_text(bound: float) -> str:
     return repr(bound) if bound != int(bound) else f'{bound:.1f}'
 
 
+class LabelledCounts:
+    """A counter per combination of label values, under one lock (``add`` costs a dict update)."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = tuple(labels)
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, ...], int] = {}
+
+    def add(self, *values: str) -> None:
+        with self._lock:
+            self._counts[values] = self._counts.get(values, 0) + 1
+
+    def count(self, *values: str) -> int:
+        with self._lock:
+            return self._counts.get(values, 0)
+
+    def family(self) -> CounterMetricFamily:
+        with self._lock:
+            counts = sorted(self._counts.items())
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, count in counts:
+            family.add_metric(values, count)
+        return family
+
+
 class RequestCounts:
     """HTTP requests answered, by method, route (the URL rule, not the path) and status, and those in flight."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._answered: dict[tuple[str, str, str], int] = {}
+        self._answered = LabelledCounts(
+            'llnode_http_requests',
+            'HTTP requests answered by the REST API, by method, route and status (Socket.IO traffic not included)',
+            ('method', 'route', 'status'),
+        )
         self._in_flight = 0
 
     def started(self) -> None:
@@ -125,25 +157,15 @@ class RequestCounts:
             self._in_flight -= 1
 
     def answered(self, method: str, route: str, status: int) -> None:
-        key = (method, route, str(status))
-        with self._lock:
-            self._answered[key] = self._answered.get(key, 0) + 1
+        self._answered.add(method, route, str(status))
 
     def count(self, method: str, route: str, status: int) -> int:
-        with self._lock:
-            return self._answered.get((method, route, str(status)), 0)
+        return self._answered.count(method, route, str(status))
 
     def families(self) -> Iterator[Metric]:
         with self._lock:
-            answered, in_flight = sorted(self._answered.items()), self._in_flight
-        requests = CounterMetricFamily(
-            'llnode_http_requests',
-            'HTTP requests answered by the REST API, by method, route and status (Socket.IO traffic not included)',
-            labels=('method', 'route', 'status'),
-        )
-        for labels, value in answered:
-            requests.add_metric(labels, value)
-        yield requests
+            in_flight = self._in_flight
+        yield self._answered.family()
         yield gauge('llnode_http_requests_in_flight', 'HTTP requests the REST API is handling now', in_flight)
 
 
@@ -179,12 +201,16 @@ class _NodeCollector(Collector):
 class NodeMetrics:
     """The registry of one node: the process collector and the node's own families (``node.metric_families()``).
 
-    ``requests`` counts the REST API's requests (the common blueprint's request hooks feed it).
+    ``requests`` counts the REST API's requests (the common blueprint's request hooks feed it), ``events`` the
+    Socket.IO events clients sent, by event and outcome (``ok`` or ``error``; node types that serve events feed it).
     """
 
     def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = RequestCounts()
+        self.events = LabelledCounts(
+            'llnode_socketio_events', 'Socket.IO events of clients answered, by event and outcome', ('event', 'outcome')
+        )
         ProcessCollector(registry=self.registry)
         self.registry.register(_NodeCollector(families))
 

@@ -344,13 +344,15 @@ class Node:
         Here: ``llnode_node_info`` (name, uuid, node type, llnode version), ``llnode_node_state``, ``llnode_node_muted``,
         ``llnode_repeat_cycles_total``, ``llnode_repeat_failures_total``, the REST API's
         ``llnode_http_requests_total`` (by method, route and status) and ``llnode_http_requests_in_flight``,
-        ``llnode_socketio_sessions`` (by transport) and, for nodes with a Loop socket, ``llnode_loop_connected``.
+        ``llnode_socketio_sessions`` (by transport), ``llnode_socketio_events_total`` (by event and outcome) and,
+        for nodes with a Loop socket, ``llnode_loop_connected``.
         Subclasses yield from ``super().metric_families()`` and add their sections, each through
         :meth:`metrics_section`.
         """
         yield from self.metrics_section('node', self._node_families)
         yield from self.metrics_section('http', self._metrics.requests.families)
         yield from self.metrics_section('socketio', self._socketio_families)
+        yield from self.metrics_section('socketio_events', lambda: [self._metrics.events.family()])
         if self.needs_loop_socket:
             yield from self.metrics_section('loop', self._loop_families)
 

@@ -43,6 +43,7 @@ def test_inference_requests_and_sessions_are_counted(make_detector: MakeDetector
         assert 'error' not in answer, answer
     batch: Any = client.call('batch_detect', {'images': [raw_dict(image)] * 4, 'autoupload': 'disabled'}, timeout=10)
     assert len(batch['items']) == 4
+    assert 'error' in client.call('detect', {'image': {'bytes': b'x', 'dtype': 'uint8', 'shape': [2, 2]}}, timeout=10)
     wrong = requests.post(f'{detector.url}/detect', data=b'not multipart', timeout=10)
     assert wrong.status_code == 415
 
@@ -62,6 +63,9 @@ def test_inference_requests_and_sessions_are_counted(make_detector: MakeDetector
     assert value(after, 'llnode_http_requests_total', method='POST', route='/detect', status='200') == 3
     assert value(after, 'llnode_http_requests_total', method='POST', route='/detect', status='415') == 1
     assert value(after, 'llnode_detector_operation_mode', llnode_detector_operation_mode='idle') == 1
+    assert value(after, 'llnode_socketio_events_total', event='detect', outcome='ok') == 2
+    assert value(after, 'llnode_socketio_events_total', event='detect', outcome='error') == 1
+    assert value(after, 'llnode_socketio_events_total', event='batch_detect', outcome='ok') == 1
 
     # the three REST images went to the outbox; its uploads fail (no Loop listens), and that is counted
     detector.node.outbox.wait_until_written(10)  # type: ignore[attr-defined]
