@@ -125,6 +125,7 @@ class ConverterNode(Node):
             check_interval=float(check_interval),
             muted=lambda: self.muted,
             name=f'llnode-converter-{node_key(name)}',
+            on_restart_needed=self.restart_needed,
         )
         self._exchange_lock = threading.Lock()  # guards _data_exchange
         self._data_exchange: DataExchange | None = None
