@@ -39,6 +39,7 @@ from llnode.loop.exchange import DataExchange
 from llnode.node.metrics import Metric, gauge
 from llnode.node.node import Node
 from llnode.node.repeat import REPEAT_INTERVAL
+from llnode.node.restart import NodeNeedsRestartError
 from llnode.schema import NodeStatus, SchemaError, SegmentationAnnotation, ToolOutput, UserInput
 
 if TYPE_CHECKING:
@@ -291,8 +292,14 @@ class AnnotatorNode(Node):
 
     @contextmanager
     def _tool_call(self) -> Iterator[None]:
+        """A call of the tool: one at a time unless it is thread-safe; a ``NodeNeedsRestartError`` it raises asks
+        for a fresh process (and still fails the event)."""
         with self._tool_lock if not self.logic.thread_safe else nullcontext():
-            yield
+            try:
+                yield
+            except NodeNeedsRestartError as e:
+                self.restart_needed(e)
+                raise
 
     def _exchange(self, organization: str, project: str) -> DataExchange:
         client = self.loop_client

@@ -2,7 +2,7 @@
 
 Some failures only a new process fixes: a wedged CUDA context, ``No CUDA GPUs are available`` after a driver
 reset, a library that leaks until the process ends. A detector's ``build`` or ``evaluate``/``batch_evaluate``,
-a trainer stage, a converter's ``convert`` or any node hook raises :class:`NodeNeedsRestartError` (the reference's name); the node then stops
+a trainer stage, an annotator's tool, a converter's ``convert`` or any node hook raises :class:`NodeNeedsRestartError` (the reference's name); the node then stops
 cleanly (the trainer's checkpoint keeps the stage, so the new process redoes it) and ``run()``/``serve()``
 return :data:`EXIT_NEEDS_RESTART`. The reference calls ``sys.exit(0)`` instead, which only a container policy
 that restarts on success too (``always``, ``unless-stopped``) acts on; a non-zero code is also acted on by
