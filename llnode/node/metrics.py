@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -35,6 +36,13 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    import socketio
+
+    from llnode.loop.socket import LoopSocket
+    from llnode.node.node import Node
+    from llnode.node.repeat import RepeatThread
 
 #: the content type of ``GET /metrics`` unless the scraper asks for another (Prometheus text format 0.0.4)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -56,6 +64,9 @@ __all__ = [
     'StateSetMetricFamily',
     'counter',
     'gauge',
+    'loop_link_families',
+    'node_families',
+    'socketio_families',
     'state_set',
 ]
 
@@ -188,6 +199,39 @@ def state_set(name: str, documentation: str, states: Iterable[str], current: str
     family = StateSetMetricFamily(name, documentation)
     family.add_metric([], {state: state == current for state in states})
     return family
+
+
+def node_families(node: Node, states: Sequence[str], state: str, repeat: RepeatThread) -> Iterator[Metric]:
+    """Every node's own families: what it is, its lifecycle state, the repeat cycle."""
+    from llnode import __version__
+
+    info = InfoMetricFamily('llnode_node', 'The node: its name, uuid, type and llnode version')
+    info.add_metric([], {'name': node.name, 'uuid': node.uuid, 'node_type': node.node_type, 'version': __version__})
+    yield info
+    yield state_set('llnode_node_state', "The node's lifecycle state", states, state)
+    yield gauge('llnode_node_muted', '1 while the repeat cycle is muted (PUT /socketio off)', int(repeat.muted))
+    yield counter('llnode_repeat_cycles', 'Repeat cycles run', repeat.cycles)
+    yield counter('llnode_repeat_failures', 'Repeat cycles that raised', repeat.failures)
+
+
+def socketio_families(sio: socketio.Server) -> Iterator[Metric]:
+    """The open Socket.IO sessions of the node's clients, by transport (WebSocket once upgraded)."""
+    sessions = {'polling': 0, 'websocket': 0}
+    for socket in list(sio.eio.sockets.values()):
+        if not socket.closed:
+            sessions['websocket' if socket.upgraded else 'polling'] += 1
+    family = GaugeMetricFamily(
+        'llnode_socketio_sessions', 'Open Socket.IO (engine.io) sessions of clients, by transport', labels=['transport']
+    )
+    for transport, count in sessions.items():
+        family.add_metric([transport], count)
+    yield family
+
+
+def loop_link_families(link: LoopSocket | None) -> Iterator[Metric]:
+    """The Socket.IO link to the Loop of a trainer, annotator or converter."""
+    connected = link is not None and link.connected
+    yield gauge('llnode_loop_connected', '1 while the Socket.IO link to the Loop is up', int(connected))
 
 
 class _NodeCollector(Collector):

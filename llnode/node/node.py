@@ -38,15 +38,7 @@ from llnode.node.app import SOCKETIO_PATH, common_blueprint, create_app, create_
 from llnode.node.errors import NodeHTTPError
 from llnode.node.identity import node_key, node_uuid
 from llnode.node.memory import IdleTrimmer, RequestActivity, tune_allocator
-from llnode.node.metrics import (
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-    NodeMetrics,
-    counter,
-    gauge,
-    state_set,
-)
+from llnode.node.metrics import Metric, NodeMetrics, loop_link_families, node_families, socketio_families
 from llnode.node.openapi import ApiDescription, describe_common_routes
 from llnode.node.repeat import REPEAT_INTERVAL, RepeatThread
 from llnode.node.restart import EXIT_FORCED, EXIT_NEEDS_RESTART, EXIT_OK, NodeNeedsRestartError
@@ -349,12 +341,12 @@ class Node:
         Subclasses yield from ``super().metric_families()`` and add their sections, each through
         :meth:`metrics_section`.
         """
-        yield from self.metrics_section('node', self._node_families)
+        yield from self.metrics_section('node', lambda: node_families(self, _STATES, self._state, self._repeat))
         yield from self.metrics_section('http', self._metrics.requests.families)
-        yield from self.metrics_section('socketio', self._socketio_families)
+        yield from self.metrics_section('socketio', lambda: socketio_families(self._sio))
         yield from self.metrics_section('socketio_events', lambda: [self._metrics.events.family()])
         if self.needs_loop_socket:
-            yield from self.metrics_section('loop', self._loop_families)
+            yield from self.metrics_section('loop', lambda: loop_link_families(self.loop_socket))
 
     def metrics_section(self, name: str, source: Callable[[], Iterable[Metric]]) -> list[Metric]:
         """The families ``source()`` gives, or none when it raises (each distinct failure is logged once, as for
@@ -364,38 +356,6 @@ class Node:
         except Exception as e:
             self._log_stats_failure(f'metrics {name}', f'{type(e).__name__}: {e}', e)
             return []
-
-    def _node_families(self) -> Iterator[Metric]:
-        from llnode import __version__
-
-        info = InfoMetricFamily('llnode_node', 'The node: its name, uuid, type and llnode version')
-        info.add_metric(
-            [], {'name': self._name, 'uuid': self._uuid, 'node_type': self.node_type, 'version': __version__}
-        )
-        yield info
-        yield state_set('llnode_node_state', "The node's lifecycle state", _STATES, self._state)
-        yield gauge('llnode_node_muted', '1 while the repeat cycle is muted (PUT /socketio off)', int(self.muted))
-        yield counter('llnode_repeat_cycles', 'Repeat cycles run', self._repeat.cycles)
-        yield counter('llnode_repeat_failures', 'Repeat cycles that raised', self._repeat.failures)
-
-    def _socketio_families(self) -> Iterator[Metric]:
-        sessions = {'polling': 0, 'websocket': 0}
-        for socket in list(self._sio.eio.sockets.values()):
-            if not socket.closed:
-                sessions['websocket' if socket.upgraded else 'polling'] += 1
-        family = GaugeMetricFamily(
-            'llnode_socketio_sessions',
-            'Open Socket.IO (engine.io) sessions of clients, by transport',
-            labels=['transport'],
-        )
-        for transport, count in sessions.items():
-            family.add_metric([transport], count)
-        yield family
-
-    def _loop_families(self) -> Iterator[Metric]:
-        link = self.loop_socket
-        connected = link is not None and link.connected
-        yield gauge('llnode_loop_connected', '1 while the Socket.IO link to the Loop is up', int(connected))
 
     def stats_section(self, name: str, source: Callable[[], Any]) -> Any:
         """``source()`` as the section ``name`` of :meth:`stats`, or ``{"error": "<Type>: <message>"}`` when it
