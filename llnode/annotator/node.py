@@ -36,8 +36,10 @@ from llnode.annotator.sessions import (
 from llnode.config import Settings
 from llnode.loop.errors import LoopConnectionError, LoopError
 from llnode.loop.exchange import DataExchange
+from llnode.node.metrics import Metric, gauge
 from llnode.node.node import Node
 from llnode.node.repeat import REPEAT_INTERVAL
+from llnode.node.restart import NodeNeedsRestartError
 from llnode.schema import NodeStatus, SchemaError, SegmentationAnnotation, ToolOutput, UserInput
 
 if TYPE_CHECKING:
@@ -209,6 +211,20 @@ class AnnotatorNode(Node):
         stats['annotator'] = self.stats_section('annotator', lambda: {'frontends': len(self.sessions.frontend_ids())})
         return stats
 
+    def metric_families(self) -> Iterator[Metric]:
+        """``Node.metric_families()`` plus ``llnode_annotator_frontends``."""
+        yield from super().metric_families()
+        yield from self.metrics_section(
+            'annotator',
+            lambda: [
+                gauge(
+                    'llnode_annotator_frontends',
+                    'Frontends with an annotation history',
+                    len(self.sessions.frontend_ids()),
+                )
+            ],
+        )
+
     def send_status(self) -> bool:
         """Send ``update_annotation_node`` now; True if the Loop acknowledged it. Never raises.
 
@@ -276,8 +292,14 @@ class AnnotatorNode(Node):
 
     @contextmanager
     def _tool_call(self) -> Iterator[None]:
+        """A call of the tool: one at a time unless it is thread-safe; a ``NodeNeedsRestartError`` it raises asks
+        for a fresh process (and still fails the event)."""
         with self._tool_lock if not self.logic.thread_safe else nullcontext():
-            yield
+            try:
+                yield
+            except NodeNeedsRestartError as e:
+                self.restart_needed(e)
+                raise
 
     def _exchange(self, organization: str, project: str) -> DataExchange:
         client = self.loop_client

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from llnode.config import Settings
@@ -36,6 +36,7 @@ from llnode.loop.errors import LoopError
 from llnode.loop.exchange import DataExchange
 from llnode.node.errors import Unavailable
 from llnode.node.identity import node_key
+from llnode.node.metrics import GaugeMetricFamily, Metric, counter, gauge
 from llnode.node.node import STOP_TIMEOUT, Node
 from llnode.node.repeat import REPEAT_INTERVAL
 from llnode.schema import NodeStatus
@@ -124,6 +125,7 @@ class ConverterNode(Node):
             check_interval=float(check_interval),
             muted=lambda: self.muted,
             name=f'llnode-converter-{node_key(name)}',
+            on_restart_needed=self.restart_needed,
         )
         self._exchange_lock = threading.Lock()  # guards _data_exchange
         self._data_exchange: DataExchange | None = None
@@ -174,6 +176,27 @@ class ConverterNode(Node):
         stats = super().stats()
         stats['converter'] = self.stats_section('converter', self._converter_stats)
         return stats
+
+    def metric_families(self) -> Iterator[Metric]:
+        """``Node.metric_families()`` plus the converter's: ``llnode_converter_converted_models_total``,
+        ``llnode_converter_failed_models`` (``given_up`` label) and ``llnode_converter_converting``."""
+        yield from super().metric_families()
+        yield from self.metrics_section('converter', self._converter_families)
+
+    def _converter_families(self) -> Iterator[Metric]:
+        stats = self._converter_stats()
+        yield counter('llnode_converter_converted_models', 'Models converted since the start', stats['converted'])
+        failed = GaugeMetricFamily(
+            'llnode_converter_failed_models',
+            'Models with a failure on record, by whether they were given up',
+            labels=['given_up'],
+        )
+        failed.add_metric(['false'], stats['failures'] - stats['given_up'])
+        failed.add_metric(['true'], stats['given_up'])
+        yield failed
+        yield gauge(
+            'llnode_converter_converting', '1 while a model is being converted', int(stats['converting'] is not None)
+        )
 
     def _converter_stats(self) -> dict[str, Any]:
         failures = self.book.records()

@@ -33,6 +33,7 @@ from llnode.converter.transfer import ListedModel, convertible_models, upload_mo
 from llnode.durable import write_json
 from llnode.loop.errors import LoopAuthError, LoopConnectionError, LoopHTTPError, LoopRateLimited
 from llnode.loop.exchange import DataExchange
+from llnode.node.restart import NodeNeedsRestartError
 
 logger = logging.getLogger('llnode.converter')
 
@@ -89,8 +90,9 @@ class ConversionWorker:
     """Converts the project's models in one named thread; see the module docstring.
 
     ``exchange()`` gives the data exchange to use (None while the node has no Loop client); ``muted()`` says
-    whether to skip cycles. ``_lock`` (owned here) guards ``_current``, ``_converted``, ``_list_error`` and
-    ``_cycles``; the retry book has its own lock.
+    whether to skip cycles. ``on_restart_needed(error)`` gets a :class:`~llnode.node.restart.NodeNeedsRestartError`
+    raised by the logic (not the model's fault: no failure is recorded, and the worker stops). ``_lock`` (owned
+    here) guards ``_current``, ``_converted``, ``_list_error`` and ``_cycles``; the retry book has its own lock.
     """
 
     def __init__(
@@ -103,8 +105,10 @@ class ConversionWorker:
         check_interval: float,
         muted: Callable[[], bool],
         name: str,
+        on_restart_needed: Callable[[NodeNeedsRestartError], None] | None = None,
     ) -> None:
         self.logic = logic
+        self._on_restart_needed = on_restart_needed
         self.book = book
         self.work_root = work_root
         self.check_interval = check_interval
@@ -249,6 +253,13 @@ class ConversionWorker:
                 self._current = None
         if isinstance(error, _Stopped):
             logger.info('conversion of model %s interrupted: the node stops', model.id)
+            return
+        if isinstance(error, NodeNeedsRestartError):
+            logger.error('converting model %s asks for a fresh process: %s', model.id, error)
+            self.request_stop()
+            shutil.rmtree(folder, ignore_errors=True)
+            if self._on_restart_needed is not None:
+                self._on_restart_needed(error)
             return
         if error is not None:
             if self._stop.is_set():  # the node stops (its Loop client may be closed already): not the model's fault

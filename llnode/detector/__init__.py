@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llnode.detector.batching import InferenceBusy, InferenceStopped, InferenceTimeout, InferenceWorker
+from llnode.detector.exceptions import NodeNeedsRestartError
 from llnode.detector.logic import DetectorFactory, DetectorLogic, ImageInputError, LogicResultError
 from llnode.detector.node import DetectorNode, VersionControlError
 from llnode.detector.outbox import Outbox, OutboxClosed, OutboxError, OutboxFull, OutboxLocked
@@ -45,6 +46,7 @@ __all__ = [
     'InferenceTimeout',
     'InferenceWorker',
     'LogicResultError',
+    'NodeNeedsRestartError',
     'Outbox',
     'OutboxClosed',
     'OutboxError',

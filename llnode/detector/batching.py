@@ -15,11 +15,17 @@ An exception in the logic fails exactly the requests of that batch, with the ori
 on. ``stop()`` fails what is still queued with :class:`InferenceStopped`; ``drain_and_stop()`` finishes it first,
 which is what a model swap wants: build the new logic and its worker, switch the reference, drain the old one.
 
+Shapes: unless the logic declares ``accepts_mixed_shapes = True``, a batch holds images of one shape and dtype
+only (:func:`shape_key`). A request joins a batch only if its images match the batch's first request; the
+others keep their place and lead the next batch; a client's own mixed batch is split into one call per shape.
+A logic that sizes or clips every result by ``images[0].shape`` (yolov5_node's ``batch_evaluate``) would
+otherwise return wrong boxes for the images of a second camera, without any error.
+
 A logic with ``thread_safe = True`` runs in the caller's thread instead (no worker thread, no batching across
 callers; a client's own batch is still chunked by ``max_batch_size``); ``max_queue`` then bounds the images in
 flight. Pass ``in_caller_thread=False`` to batch a thread-safe logic anyway (e.g. one GPU model).
 
-Counters (:meth:`InferenceWorker.stats`): whoever runs a batch (the worker thread, or a caller's thread in
+Counters (:meth:`InferenceWorker.stats`, and the ``observer`` the node's metrics use): whoever runs a batch (the worker thread, or a caller's thread in
 caller-thread mode) adds it to the counters under the worker's lock once the logic returned or raised, before any
 caller sees its result, so a caller that got its answer finds its request counted.
 """
@@ -34,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -57,14 +63,39 @@ class InferenceTimeout(Unavailable):
     """The request did not finish within the caller's timeout; it is cancelled if it had not started yet."""
 
 
-class _Request:
-    """Images of one caller, kept together in one batch, and the future their results go to."""
+def shape_key(image: np.ndarray) -> tuple[Any, ...]:
+    """What images must share to be batched together for a logic that does not accept mixed shapes."""
+    return (image.shape, image.dtype.str)
 
-    __slots__ = ('future', 'images')
+
+class _Request:
+    """Images of one caller, kept together in one batch, and the future their results go to.
+
+    ``shape`` is the :func:`shape_key` all its images share, or None when they differ.
+    """
+
+    __slots__ = ('future', 'images', 'shape', 'submitted')
 
     def __init__(self, images: list[np.ndarray]) -> None:
         self.images = images
+        self.submitted = time.perf_counter()
+        shapes = {shape_key(image) for image in images}
+        self.shape = shapes.pop() if len(shapes) == 1 else None
         self.future: concurrent.futures.Future[list[ImageMetadata]] = concurrent.futures.Future()
+
+
+class InferenceObserver(Protocol):
+    """Told about every batch a worker ran (the node's metrics: :mod:`llnode.detector.metrics`).
+
+    ``queue_seconds``: per request, from ``submit`` to the start of its batch; ``sizes`` and ``seconds``: images
+    and wall time per logic call (a batch is several calls when it exceeds ``max_batch_size`` or holds several
+    shapes; after a failing call none follow); ``failed``: whether a call raised. Called in the thread that ran
+    the batch, before its callers get their results; it must be quick and must not raise.
+    """
+
+    def batch_done(
+        self, *, queue_seconds: Sequence[float], sizes: Sequence[int], seconds: Sequence[float], failed: bool
+    ) -> None: ...
 
 
 class InferenceWorker:
@@ -84,6 +115,7 @@ class InferenceWorker:
         max_queue: int = 256,
         name: str | None = None,
         in_caller_thread: bool | None = None,
+        observer: InferenceObserver | None = None,
     ) -> None:
         if not isinstance(logic, DetectorLogic):
             raise TypeError(f'InferenceWorker needs a DetectorLogic, got {type(logic).__name__}')
@@ -103,6 +135,7 @@ class InferenceWorker:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.in_caller_thread = in_caller_thread
+        self.observer = observer
         self._cond = threading.Condition()
         self._queue: deque[_Request] = deque()
         self._queued_images = 0  # images waiting in _queue (worker mode) or running (caller-thread mode)
@@ -350,11 +383,18 @@ class InferenceWorker:
     def _take(self, batch: list[_Request], size: int) -> int:
         """Move queued requests into ``batch`` while they fit (the first always does); returns the new size.
 
+        Unless the logic ``accepts_mixed_shapes``, only requests whose images have the shape and dtype of the
+        batch's first request join it; the others keep their place in the queue and lead the next batch.
         Caller holds ``self._cond``. Requests whose caller gave up (cancelled futures) are dropped.
         """
+        mixed = self.logic.accepts_mixed_shapes
+        skipped: list[_Request] = []
         while self._queue:
             request = self._queue[0]
             count = len(request.images)
+            if batch and not mixed and (request.shape is None or request.shape != batch[0].shape):
+                skipped.append(self._queue.popleft())
+                continue
             if batch and size + count > self.max_batch_size:
                 break
             self._queue.popleft()
@@ -363,22 +403,29 @@ class InferenceWorker:
                 continue
             batch.append(request)
             size += count
+        self._queue.extendleft(reversed(skipped))
         return size
 
     def _execute(self, batch: list[_Request]) -> None:
         images = [image for request in batch for image in request.images]
-        calls = handed = largest = 0
         started = time.perf_counter()
+        waits = [started - request.submitted for request in batch]
+        sizes: list[int] = []  # images per logic call
+        seconds: list[float] = []  # wall time per logic call
         try:
-            results: list[ImageMetadata] = []
-            for start in range(0, len(images), self.max_batch_size):
-                chunk = images[start : start + self.max_batch_size]
-                calls += 1
-                handed += len(chunk)
-                largest = max(largest, len(chunk))
-                results.extend(run_batch(self.logic, chunk))
+            slots: list[ImageMetadata | None] = [None] * len(images)
+            for chunk in self._chunks(images):
+                sizes.append(len(chunk))
+                call_started = time.perf_counter()
+                try:
+                    answers = run_batch(self.logic, [images[i] for i in chunk])
+                finally:
+                    seconds.append(time.perf_counter() - call_started)
+                for index, result in zip(chunk, answers, strict=True):
+                    slots[index] = result
+            results = [result for result in slots if result is not None]  # every slot is set by now
         except BaseException as error:
-            self._count(len(batch), handed, calls, largest, time.perf_counter() - started, failed=True)
+            self._count(batch, waits, sizes, seconds, time.perf_counter() - started, failed=True)
             logger.warning(
                 '%r failed on a batch of %d images (%d requests): %r', self.logic, len(images), len(batch), error
             )
@@ -387,19 +434,47 @@ class InferenceWorker:
             if not isinstance(error, Exception):
                 raise
             return
-        self._count(len(batch), handed, calls, largest, time.perf_counter() - started, failed=False)
+        self._count(batch, waits, sizes, seconds, time.perf_counter() - started, failed=False)
         start = 0
         for request in batch:
             request.future.set_result(results[start : start + len(request.images)])
             start += len(request.images)
 
-    def _count(self, requests: int, images: int, calls: int, largest: int, seconds: float, *, failed: bool) -> None:
-        """Add one batch to the counters (before its callers see a result, so they find it counted)."""
+    def _chunks(self, images: list[np.ndarray]) -> list[list[int]]:
+        """The indices of ``images`` per logic call: at most ``max_batch_size`` each and, unless the logic
+        ``accepts_mixed_shapes``, one shape and dtype per call (a client's own mixed batch is split)."""
+        if self.logic.accepts_mixed_shapes:
+            groups = [list(range(len(images)))]
+        else:
+            by_shape: dict[tuple[Any, ...], list[int]] = {}
+            for index, image in enumerate(images):
+                by_shape.setdefault(shape_key(image), []).append(index)
+            groups = list(by_shape.values())
+        step = self.max_batch_size
+        return [group[start : start + step] for group in groups for start in range(0, len(group), step)]
+
+    def _count(
+        self,
+        batch: list[_Request],
+        waits: list[float],
+        sizes: list[int],
+        seconds: list[float],
+        total_seconds: float,
+        *,
+        failed: bool,
+    ) -> None:
+        """Add one batch to the counters and the observer (before its callers see a result, so they find it
+        counted)."""
         with self._cond:
-            self._requests += requests
-            self._images += images
-            self._batches += calls
+            self._requests += len(batch)
+            self._images += sum(sizes)
+            self._batches += len(sizes)
             if failed:
                 self._failed_batches += 1
-            self._largest_batch = max(self._largest_batch, largest)
-            self._logic_seconds += seconds
+            self._largest_batch = max(self._largest_batch, max(sizes, default=0))
+            self._logic_seconds += total_seconds
+        if self.observer is not None:
+            try:
+                self.observer.batch_done(queue_seconds=waits, sizes=sizes, seconds=seconds, failed=failed)
+            except Exception:
+                logger.exception('%s: the inference observer failed', self.name)

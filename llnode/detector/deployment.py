@@ -10,7 +10,9 @@ builds in a row end the process, and with ``EXCLUSIVE_MODEL_BUILD`` a failed bui
 - with ``exclusive`` the old model is released first (requests get "updating model to version X"), and if the
   new one fails to build the old one is built again, so a bad model never leaves the detector without one;
 - a failed download or build keeps the target, records ``update_model`` in the errors and is retried with
-  exponential back-off (:class:`~llnode.detector.model_store.RetryBackoff`), in every version mode.
+  exponential back-off (:class:`~llnode.detector.model_store.RetryBackoff`), in every version mode;
+- a build that raises :class:`~llnode.node.restart.NodeNeedsRestartError` (at start too, where the reference
+  swallows it) is handed to ``on_restart_needed``: the node stops for a fresh process.
 
 The lock (``_lock``) is owned by the manager and guards the fields listed in ``__init__``; it is never held
 while downloading, building or running inference.
@@ -30,6 +32,7 @@ from llnode.detector.batching import InferenceWorker
 from llnode.detector.logic import DetectorFactory, DetectorLogic
 from llnode.detector.model_store import ModelStore, RetryBackoff, read_model_info
 from llnode.node.errors import Unavailable
+from llnode.node.restart import NodeNeedsRestartError
 from llnode.schema import ModelInformation, VersionMode
 
 logger = logging.getLogger('llnode.detector.deployment')
@@ -74,7 +77,8 @@ class ModelManager:
     ``fetch(target, folder)`` downloads the target's files into the empty ``folder`` (the node passes the Loop
     download). ``may_update()`` says whether updates are allowed now (operation mode ``idle``, not muted).
     ``on_change()`` is called after every swap and every change of the update error (the node syncs its status).
-    ``worker_options`` go to every :class:`InferenceWorker` (batch size, wait, queue).
+    ``worker_options`` go to every :class:`InferenceWorker` (batch size, wait, queue). ``on_restart_needed(error)``
+    gets a :class:`NodeNeedsRestartError` raised by a build (the node asks for a fresh process).
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class ModelManager:
         worker_options: dict[str, Any] | None = None,
         backoff: RetryBackoff | None = None,
         name: str = 'detector',
+        on_restart_needed: Callable[[NodeNeedsRestartError], None] | None = None,
     ) -> None:
         self.store = store
         self.factory = factory
@@ -97,6 +102,7 @@ class ModelManager:
         self._fetch = fetch
         self._may_update = may_update
         self._on_change = on_change
+        self._on_restart_needed = on_restart_needed
         self._worker_options = dict(worker_options or {})
         self.backoff = backoff or RetryBackoff(initial=5.0, maximum=300.0)
         self._name = name
@@ -109,6 +115,7 @@ class ModelManager:
         self._target: ModelTarget | None = None
         self._loop_target: ModelTarget | None = None
         self._errors: dict[str, str] = {}
+        self._update_failures = 0  # failed installs or builds since start (a metric)
 
         self._busy = threading.Lock()  # held by whoever installs/builds/swaps (updater thread, load_current)
         self._wake = threading.Event()
@@ -158,6 +165,12 @@ class ModelManager:
     def version_mode(self) -> VersionMode:
         with self._lock:
             return self._version_mode
+
+    @property
+    def update_failures(self) -> int:
+        """Model updates (install or build) that failed since the manager was created."""
+        with self._lock:
+            return self._update_failures
 
     def errors(self) -> dict[str, str]:
         """A copy of the current errors (``update_model`` while an update fails)."""
@@ -229,6 +242,9 @@ class ModelManager:
                 return None
             try:
                 model = self._build(self.store.folder(version))
+            except NodeNeedsRestartError as e:
+                self._restart_needed(e)
+                return None
             except Exception:
                 logger.exception('%s: building the current model %s failed', self._name, version)
                 return None
@@ -294,7 +310,15 @@ class ModelManager:
                 return False
             try:
                 self._update_to(target)
+            except NodeNeedsRestartError as e:
+                with self._lock:
+                    self._update_failures += 1
+                self._set_error(f'Could not update model: {_describe(e)} (the node restarts)')
+                self._restart_needed(e)
+                return False
             except Exception as e:
+                with self._lock:
+                    self._update_failures += 1
                 delay = self.backoff.failed(target.version)
                 message = f'Could not update model: {_describe(e)}'
                 logger.warning('%s: %s (next try in %.0f s)', self._name, message, delay)
@@ -356,6 +380,8 @@ class ModelManager:
             gc.collect()
             try:
                 new = self._build(folder)
+            except NodeNeedsRestartError:
+                raise  # rebuilding the old model in this process would not help either
             except Exception:
                 self._restore_previous()
                 raise
@@ -388,6 +414,11 @@ class ModelManager:
             )
         worker = InferenceWorker(logic, name=f'llnode-inference-{self._name}-{info.version}', **self._worker_options)
         return ActiveModel(info=info, logic=logic, worker=worker)
+
+    def _restart_needed(self, error: NodeNeedsRestartError) -> None:
+        logger.error('%s: building a model asks for a fresh process: %s', self._name, error)
+        if self._on_restart_needed is not None:
+            self._on_restart_needed(error)
 
     def _set_error(self, message: str | None) -> None:
         with self._lock:

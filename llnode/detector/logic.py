@@ -36,9 +36,16 @@ class DetectorLogic:
     calls ``evaluate`` per image). Images are numpy arrays ``HxW``, ``HxWx1``, ``HxWx3`` (RGB) or ``HxWx4`` (RGBA).
     ``thread_safe = True`` declares that the logic may run concurrently with itself. ``close()`` frees resources
     (GPU memory, sessions) when the model is swapped out; it is called once, after the last inference.
+
+    ``batch_evaluate`` gets images of one shape and dtype only: the node batches concurrent requests (from
+    different cameras, say) together only when their images match, and splits a client's own mixed batch by
+    shape, because a logic may size or clip every result by ``images[0].shape`` (as yolov5_node's does).
+    ``accepts_mixed_shapes = True`` declares that the logic handles each image's own shape; then any images
+    share a batch.
     """
 
     thread_safe: ClassVar[bool] = False
+    accepts_mixed_shapes: ClassVar[bool] = False
 
     def __init__(self, model_info: ModelInformation) -> None:
         if not isinstance(model_info, ModelInformation):

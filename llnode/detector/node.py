@@ -9,7 +9,10 @@ and on-disk layout. What differs is how it holds up:
   swap, failures keep it serving and are retried with back-off;
 - status syncs run in their own thread (:mod:`llnode.detector.status_sync`), so no request waits for the Loop;
 - the detect path hands images to the outbox's writer thread: it never waits for disk or network;
-- bad input is a JSON error with a fitting status, never a bare 500.
+- bad input is a JSON error with a fitting status, never a bare 500;
+- a :class:`~llnode.node.restart.NodeNeedsRestartError` from the factory's ``build`` or the logic's
+  ``evaluate``/``batch_evaluate`` stops the node for a fresh process (``EXIT_NEEDS_RESTART``); the request that
+  met it is answered 503.
 
 Use it in code as well as over the network: :meth:`DetectorNode.detect`, :meth:`batch_detect` and
 :meth:`upload` are what the routes call.
@@ -21,7 +24,7 @@ import dataclasses
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -33,7 +36,9 @@ from llnode.detector.batching import InferenceStopped
 from llnode.detector.deployment import UPDATE_ERROR_KEY, ActiveModel, ModelManager, ModelTarget
 from llnode.detector.images import check_decodable, decode_image, keep_pillow_blocks, release_pillow_blocks
 from llnode.detector.logic import DetectorFactory
+from llnode.detector.metrics import InferenceMetrics, loop_families, model_families, outbox_families
 from llnode.detector.model_store import ModelStore, RetryBackoff, is_version
+from llnode.detector.openapi import describe_detector
 from llnode.detector.outbox import Outbox, OutboxClosed, OutboxFull
 from llnode.detector.relevance import RelevanceFilter
 from llnode.detector.rest import detector_blueprints
@@ -43,8 +48,11 @@ from llnode.detector.version_choice import VersionChoice, load_choice, save_choi
 from llnode.loop.errors import LoopError, LoopHTTPError
 from llnode.node.errors import BadRequest, InsufficientStorage, Unavailable, Unprocessable
 from llnode.node.identity import node_key
+from llnode.node.metrics import Metric, state_set
 from llnode.node.node import Node
+from llnode.node.openapi import ApiDescription
 from llnode.node.repeat import REPEAT_INTERVAL
+from llnode.node.restart import NodeNeedsRestartError
 from llnode.schema import (
     AboutResponse,
     DetectorStatus,
@@ -169,6 +177,7 @@ class DetectorNode(Node):
         self.relevance_filter = relevance_filter if relevance_filter is not None else _default_filter(settings)
         self.outbox: OutboxLike = self._outbox_factory(settings)
 
+        self.inference_metrics = InferenceMetrics()  # every model's worker reports its batches here (/metrics)
         self._mode_lock = threading.Lock()  # guards _operation_mode and _sync_countdown
         self._operation_mode = OperationMode.STARTUP
         self._sync_countdown = 0  # the first cycle syncs (reference)
@@ -181,9 +190,15 @@ class DetectorNode(Node):
             version_mode=self._default_version_mode(),
             may_update=self._may_update,
             on_change=self.request_status_sync,
-            worker_options={'max_batch_size': max_batch_size, 'max_wait_ms': max_batch_wait_ms, 'max_queue': max_queue},
+            worker_options={
+                'max_batch_size': max_batch_size,
+                'max_wait_ms': max_batch_wait_ms,
+                'max_queue': max_queue,
+                'observer': self.inference_metrics,
+            },
             backoff=update_backoff,
             name=self.key,
+            on_restart_needed=self.restart_needed,
         )
         self._version_lock = threading.Lock()  # one version-control choice saved and applied at a time
         saved = load_choice(settings.data_folder)
@@ -288,6 +303,9 @@ class DetectorNode(Node):
             model = self.models.serving()
             try:
                 return model.worker.evaluate_many(images, timeout=self.inference_timeout)
+            except NodeNeedsRestartError as e:
+                self.restart_needed(e)
+                raise Unavailable(f'the detector needs a restart: {e}', retry_after=5) from None
             except InferenceStopped:
                 if attempt == 2:
                     raise
@@ -515,6 +533,31 @@ class DetectorNode(Node):
         if callable(cameras):
             stats['relevance_filter'] = self.stats_section('relevance_filter', lambda: {'cameras': len(cameras())})
         return stats
+
+    def api_description(self) -> ApiDescription:
+        api = super().api_description()
+        describe_detector(api, self)
+        return api
+
+    def metric_families(self) -> Iterator[Metric]:
+        """``Node.metric_families()`` plus the detector's (:mod:`llnode.detector.metrics`): inference counters
+        and histograms, the serving model, the outbox, the status sync and ``llnode_detector_operation_mode``."""
+        yield from super().metric_families()
+        yield from self.metrics_section('inference', self.inference_metrics.families)
+        yield from self.metrics_section('model', lambda: model_families(self.models, self.factory.model_format))
+        yield from self.metrics_section('outbox', lambda: outbox_families(self.outbox.stats()))
+        yield from self.metrics_section('loop', lambda: loop_families(self._status))
+        yield from self.metrics_section(
+            'operation_mode',
+            lambda: [
+                state_set(
+                    'llnode_detector_operation_mode',
+                    'The operation mode (only idle lets the model change)',
+                    [mode.value for mode in OperationMode],
+                    self.operation_mode.value,
+                )
+            ],
+        )
 
     def _model_stats(self, active: ActiveModel | None) -> dict[str, Any]:
         target = self.models.target

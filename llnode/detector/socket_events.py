@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from llnode.detector.deployment import NotServing
 from llnode.detector.images import ImageDecodeError, ImagePayloadError, ImageTooLargeError, image_from_dict
 from llnode.node.errors import NodeHTTPError
+from llnode.node.metrics import LabelledCounts
 from llnode.schema import ImageMetadata, OutboxMode, SchemaError
 
 if TYPE_CHECKING:
@@ -40,28 +41,31 @@ def register_socket_events(node: DetectorNode) -> None:
         'get_model_version': lambda: node.model_versions().to_dict(),
         'get_outbox_mode': lambda: {'outbox_mode': node.outbox.mode.value},
     }
+    counts = node.metrics.events
     for event, handler in with_payload.items():
-        node.sio.on(event, _answering(event, handler))
+        node.sio.on(event, _answering(event, handler, counts))
     for event, plain in without_payload.items():
-        node.sio.on(event, _answering(event, _ignoring_payload(plain)))
+        node.sio.on(event, _answering(event, _ignoring_payload(plain), counts))
 
 
 def _ignoring_payload(handler: Callable[[], Any]) -> Callable[[Any], Any]:
     return lambda _data: handler()
 
 
-def _answering(event: str, handler: Callable[[Any], Any]) -> Callable[..., Any]:
+def _answering(event: str, handler: Callable[[Any], Any], counts: LabelledCounts) -> Callable[..., Any]:
     """python-socketio calls ``f(sid, *args)``; the handler gets the first argument (None when the client sent
-    none; more are ignored), and the ack is its result or ``{"error": ...}``."""
+    none; more are ignored), and the ack is its result or ``{"error": ...}``; ``counts`` gets the outcome."""
 
     def on_event(sid: str, *args: Any) -> Any:
         try:
-            return handler(args[0] if args else None)
+            answer = handler(args[0] if args else None)
         except NodeHTTPError as e:
-            return {'error': e.detail}
+            answer = {'error': e.detail}
         except Exception as e:
             logger.exception('Socket.IO %s failed', event)
-            return {'error': str(e) or type(e).__name__}
+            answer = {'error': str(e) or type(e).__name__}
+        counts.add(event, 'error' if isinstance(answer, dict) and 'error' in answer else 'ok')
+        return answer
 
     on_event.__name__ = f'on_{event}'
     return on_event

@@ -27,6 +27,7 @@ class StatusReporter:
         self._pending = False
         self.sent = 0  # written by the reporter thread only
         self.failed = 0
+        self.last_ok: bool | None = None  # whether the last sync succeeded (None before the first)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -62,8 +63,10 @@ class StatusReporter:
             try:
                 self._send()
                 self.sent += 1
+                self.last_ok = True
             except Exception as e:
                 self.failed += 1
+                self.last_ok = False
                 logger.warning('status sync failed: %s', e)
             with self._lock:
                 if not self._pending:

@@ -16,12 +16,17 @@ from llnode.node.errors import (
     UnsupportedMediaType,
 )
 from llnode.node.node import Node
+from llnode.node.restart import EXIT_FORCED, EXIT_NEEDS_RESTART, EXIT_OK, NodeNeedsRestartError
 
 __all__ = [
+    'EXIT_FORCED',
+    'EXIT_NEEDS_RESTART',
+    'EXIT_OK',
     'BadRequest',
     'InsufficientStorage',
     'Node',
     'NodeHTTPError',
+    'NodeNeedsRestartError',
     'NotFound',
     'PayloadTooLarge',
     'Unavailable',

@@ -26,7 +26,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from llnode.logs import socketio_loggers
+from llnode.node.docs_page import docs_page
 from llnode.node.errors import BadRequest, NodeHTTPError
+from llnode.node.metrics import UNMATCHED_ROUTE
 from llnode.node.multipart import InMemoryFormDataParser
 
 if TYPE_CHECKING:
@@ -108,7 +110,7 @@ class _InMemoryRequest(Request):
 
 def create_app(blueprints: Iterable[Blueprint], *, max_request_bytes: int | None = None) -> Flask:
     """The node's Flask app: the given blueprints, JSON errors, and a request size limit (413 above it)."""
-    app = Flask('llnode.node')
+    app = Flask('llnode.node', static_folder=None)  # a node serves no files (no /static/<path> route)
     app.request_class = _InMemoryRequest
     app.config['MAX_CONTENT_LENGTH'] = max_request_bytes
     if isinstance(app.json, DefaultJSONProvider):
@@ -152,9 +154,40 @@ def _unexpected_error(error: Exception) -> Response:
 
 
 def common_blueprint(node: Node) -> Blueprint:
-    """Routes every node serves: the reference's ``/debug_logging`` and ``/socketio``, plus health probes and
-    ``/stats``."""
+    """Routes every node serves: the reference's ``/debug_logging`` and ``/socketio``, plus health probes,
+    ``/stats``, ``/metrics``, ``/openapi.json`` and ``/docs``; its request hooks count every request of the app for ``/metrics``."""
     blueprint = Blueprint('llnode_common', __name__)
+    requests = node.metrics.requests
+
+    @blueprint.before_app_request
+    def count_started() -> None:
+        requests.started()
+
+    @blueprint.after_app_request
+    def count_answered(response: WerkzeugResponse) -> WerkzeugResponse:
+        rule = request.url_rule
+        requests.answered(request.method, rule.rule if rule is not None else UNMATCHED_ROUTE, response.status_code)
+        return response
+
+    @blueprint.teardown_app_request
+    def count_finished(error: BaseException | None) -> None:
+        requests.finished()
+
+    @blueprint.get('/openapi.json')
+    def openapi() -> Response:
+        """The node's OpenAPI 3.1 document (``Node.api_description()``)."""
+        return json_response(node.openapi())
+
+    @blueprint.get('/docs')
+    def docs() -> Response:
+        """The document as a page of its own: no script or style from elsewhere (:mod:`llnode.node.docs_page`)."""
+        return Response(docs_page(node.openapi()), mimetype='text/html')
+
+    @blueprint.get('/metrics')
+    def metrics() -> Response:
+        """Prometheus text format: the node's metrics and the process collector's (``llnode.node.metrics``)."""
+        body, content_type = node.metrics.exposition(request.headers.get('Accept'))
+        return Response(body, content_type=content_type)
 
     @blueprint.get('/healthz')
     def healthz() -> Response:

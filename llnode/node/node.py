@@ -11,10 +11,11 @@ Lifecycle (DESIGN.md, "Threads and lifecycle"):
   once, without waiting for threads (python-rq's worker does the same).
 - Nothing calls ``sys.exit()``: a restart wish (the Loop's ``restart`` event, a node that needs a fresh
   process) is ``request_restart(code)``, which ends ``run()``/``serve()`` with that code; a supervisor restarts
-  the process.
+  the process. A :class:`~llnode.node.restart.NodeNeedsRestartError` raised by a hook (or a logic, see the
+  node types) is ``restart_needed(error)``: ``run()``/``serve()`` return ``EXIT_NEEDS_RESTART`` (75).
 
 Hooks a node overrides (no leading underscores): ``on_start()``, ``on_repeat()``, ``on_stop()``, ``is_ready()``,
-``stats()`` and ``blueprints()``.
+``stats()``, ``metric_families()``, ``api_description()`` and ``blueprints()``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,7 +38,10 @@ from llnode.node.app import SOCKETIO_PATH, common_blueprint, create_app, create_
 from llnode.node.errors import NodeHTTPError
 from llnode.node.identity import node_key, node_uuid
 from llnode.node.memory import IdleTrimmer, RequestActivity, tune_allocator
+from llnode.node.metrics import Metric, NodeMetrics, loop_link_families, node_families, socketio_families
+from llnode.node.openapi import ApiDescription, describe_common_routes
 from llnode.node.repeat import REPEAT_INTERVAL, RepeatThread
+from llnode.node.restart import EXIT_FORCED, EXIT_NEEDS_RESTART, EXIT_OK, NodeNeedsRestartError
 from llnode.node.serving import SERVERS, HTTPServer, make_server
 from llnode.node.wsmask import install as install_numpy_unmasking
 
@@ -61,6 +65,7 @@ SIGNAL_POLL_S = 0.1
 STATS_FAILURES_KEPT = 64
 
 _NEW, _STARTING, _RUNNING, _STOPPING, _STOPPED = 'new', 'starting', 'running', 'stopping', 'stopped'
+_STATES = (_NEW, _STARTING, _RUNNING, _STOPPING, _STOPPED)
 
 
 class _ForcedShutdown(BaseException):
@@ -153,6 +158,8 @@ class Node:
         self._stats_lock = threading.Lock()
         self._stats_failures: OrderedDict[tuple[str, str], None] = OrderedDict()
 
+        self._metrics = NodeMetrics(self.metric_families)
+
         self._app_lock = threading.Lock()
         self._flask_app: Flask | None = None
         self._wsgi_app: socketio.WSGIApp | None = None
@@ -179,6 +186,11 @@ class Node:
     def sio(self) -> socketio.Server:
         """The node's Socket.IO server (mounted at ``/ws/socket.io``); register events with ``node.sio.on``."""
         return self._sio
+
+    @property
+    def metrics(self) -> NodeMetrics:
+        """The node's Prometheus registry (``GET /metrics``); ``metrics.registry`` takes collectors of your own."""
+        return self._metrics
 
     @property
     def flask_app(self) -> Flask:
@@ -273,6 +285,27 @@ class Node:
         """The blueprints the app is built from; subclasses extend ``super().blueprints()``."""
         return [common_blueprint(self)]
 
+    def api_description(self) -> ApiDescription:
+        """The node's REST routes (and Socket.IO events) for ``GET /openapi.json`` and ``/docs``.
+
+        Subclasses that add routes in ``blueprints()`` describe them here, on ``super().api_description()``; a
+        test compares the document with the routes the app serves (:mod:`llnode.node.openapi`).
+        """
+        from llnode import __version__
+
+        api = ApiDescription(
+            f'llnode {self.node_type} node "{self._name}"',
+            __version__,
+            f'A Learning Loop node of type `{self.node_type}`, built on llnode. Errors are JSON `{{"detail": "..."}}` '
+            'with the status each route lists.',
+        )
+        describe_common_routes(api, self)
+        return api
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of this node (``GET /openapi.json``)."""
+        return self.api_description().document()
+
     def stats(self) -> dict[str, Any]:
         """How the node is doing, as one JSON-able dict (``GET /stats`` answers it).
 
@@ -295,6 +328,34 @@ class Node:
         if self.needs_loop_socket:
             stats['loop'] = self.stats_section('loop', self._loop_stats)
         return stats
+
+    def metric_families(self) -> Iterator[Metric]:
+        """The node's own Prometheus metric families, built at each scrape (``GET /metrics``; the process
+        collector's figures come besides).
+
+        Here: ``llnode_node_info`` (name, uuid, node type, llnode version), ``llnode_node_state``, ``llnode_node_muted``,
+        ``llnode_repeat_cycles_total``, ``llnode_repeat_failures_total``, the REST API's
+        ``llnode_http_requests_total`` (by method, route and status) and ``llnode_http_requests_in_flight``,
+        ``llnode_socketio_sessions`` (by transport), ``llnode_socketio_events_total`` (by event and outcome) and,
+        for nodes with a Loop socket, ``llnode_loop_connected``.
+        Subclasses yield from ``super().metric_families()`` and add their sections, each through
+        :meth:`metrics_section`.
+        """
+        yield from self.metrics_section('node', lambda: node_families(self, _STATES, self._state, self._repeat))
+        yield from self.metrics_section('http', self._metrics.requests.families)
+        yield from self.metrics_section('socketio', lambda: socketio_families(self._sio))
+        yield from self.metrics_section('socketio_events', lambda: [self._metrics.events.family()])
+        if self.needs_loop_socket:
+            yield from self.metrics_section('loop', lambda: loop_link_families(self.loop_socket))
+
+    def metrics_section(self, name: str, source: Callable[[], Iterable[Metric]]) -> list[Metric]:
+        """The families ``source()`` gives, or none when it raises (each distinct failure is logged once, as for
+        :meth:`stats_section`), so one failing section never fails the scrape."""
+        try:
+            return list(source())
+        except Exception as e:
+            self._log_stats_failure(f'metrics {name}', f'{type(e).__name__}: {e}', e)
+            return []
 
     def stats_section(self, name: str, source: Callable[[], Any]) -> Any:
         """``source()`` as the section ``name`` of :meth:`stats`, or ``{"error": "<Type>: <message>"}`` when it
@@ -324,6 +385,15 @@ class Node:
             code = self._exit_code
         logger.info('%s: restart requested (exit code %d)', self._name, code)
         self._exit_event.set()
+
+    def restart_needed(self, error: BaseException) -> None:
+        """Stop the node for a fresh process: ``run()``/``serve()`` return ``EXIT_NEEDS_RESTART``; any thread.
+
+        What a :class:`~llnode.node.restart.NodeNeedsRestartError` from a hook or a logic leads to (a restart wish
+        made before keeps its code).
+        """
+        logger.error('%s: needs a restart: %s', self._name, error or type(error).__name__)
+        self.request_restart(EXIT_NEEDS_RESTART)
 
     def mute(self) -> None:
         """Mute the repeat cycle and disconnect the Loop socket (``PUT /socketio off``)."""
@@ -456,7 +526,12 @@ class Node:
         self.stop()
 
     def run(self) -> int:
-        """Start (unless started), block until a signal, ``stop()`` or ``request_restart()``, stop; the exit code."""
+        """Start (unless started), block until a signal, ``stop()`` or ``request_restart()``, stop; the exit code.
+
+        Exit codes (:mod:`llnode.node.restart`): 0 after a signal, ``stop()`` or a restart wish with code 0; 1 when
+        a second signal forced the shutdown; 75 (``EXIT_NEEDS_RESTART``) after a ``NodeNeedsRestartError``
+        (from ``on_start`` too); otherwise the code given to ``request_restart()``.
+        """
         return self._block(None)
 
     def serve(self, host: str = '0.0.0.0', port: int = 80, *, server: str = 'waitress', threads: int = 32) -> int:
@@ -496,9 +571,12 @@ class Node:
                 if self._state == _NEW:
                     try:
                         self.start()
-                    except BaseException:
+                    except BaseException as e:
                         if http is not None:
                             http.stop(1.0)
+                        if isinstance(e, NodeNeedsRestartError):
+                            self.restart_needed(e)
+                            return EXIT_NEEDS_RESTART
                         raise
                 if http is not None:
                     http.start()
@@ -513,8 +591,8 @@ class Node:
                 logger.warning('%s: forced shutdown; not waiting for threads', self._name)
                 self._exit_event.set()
                 self._repeat.request_stop()
-                return 1
-            return self._exit_code if self._exit_code is not None else 0
+                return EXIT_FORCED
+            return self._exit_code if self._exit_code is not None else EXIT_OK
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
@@ -540,7 +618,10 @@ class Node:
     def _cycle(self) -> None:
         if self.needs_loop_socket and not self._ensure_loop_link():
             return
-        self.on_repeat()
+        try:
+            self.on_repeat()
+        except NodeNeedsRestartError as e:
+            self.restart_needed(e)
 
     def _ensure_loop_link(self) -> bool:
         with self._link_lock:

@@ -10,6 +10,7 @@ Two implementations: :class:`SubprocessTrainerLogic` (a training command, e.g. a
 from __future__ import annotations
 
 from llnode.trainer.callbacks import Callback, ConfusionCounter, current_rank, f1_score
+from llnode.trainer.exceptions import NodeNeedsRestartError
 from llnode.trainer.executor import Executor, ExecutorError
 from llnode.trainer.inprocess import InProcessTrainerLogic, TrainingHooks
 from llnode.trainer.logic import (
@@ -42,6 +43,7 @@ __all__ = [
     'ExecutorError',
     'FileTrainingSlot',
     'InProcessTrainerLogic',
+    'NodeNeedsRestartError',
     'SubprocessTrainerLogic',
     'TrainerLogic',
     'TrainerNode',

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, request
 
 from llnode.node.app import json_response
 from llnode.node.errors import BadRequest, NodeHTTPError, Unprocessable
+from llnode.node.openapi import ApiDescription, json_answer, text_body
 from llnode.schema import TrainerState
 from llnode.trainer.logic import BestState
 
@@ -135,3 +136,64 @@ def _raw_body() -> str:
         return request.get_data(cache=False).decode('utf-8').strip()
     except UnicodeDecodeError:
         return ''
+
+
+def describe_backdoor(api: ApiDescription) -> None:
+    """The test routes in the node's OpenAPI document (:mod:`llnode.node.openapi`)."""
+    api.tag('backdoor', 'Test routes of the trainer, mounted with USE_BACKDOOR_CONTROLS (loop-protocol §5)')
+    done = {200: json_answer('Done (the reference answers null)', {'type': 'null'})}
+    api.add(
+        'PUT',
+        '/provide_new_model',
+        tag='backdoor',
+        summary="Switch the mock logic's new models on or off (off also clears the errors)",
+        request_body=text_body('on or off', ['on', 'off']),
+        responses=done,
+        errors=[400, 422],
+    )
+    api.add(
+        'POST',
+        '/reset',
+        tag='backdoor',
+        summary='Abort any training, forget the checkpoint and errors, reconnect, send the status',
+        responses=done,
+        errors=[503],
+    )
+    api.add(
+        'PUT',
+        '/error_configuration',
+        tag='backdoor',
+        summary="Make the mock logic's hooks fail",
+        request_body={
+            'required': True,
+            'content': {
+                'application/json': {
+                    'schema': {
+                        'type': 'object',
+                        'properties': {key: {'type': 'boolean'} for key in ERROR_CONFIGURATION_KEYS},
+                        'additionalProperties': False,
+                    }
+                }
+            },
+        },
+        responses=done,
+        errors=[400, 422],
+    )
+    api.add(
+        'POST',
+        '/steps',
+        tag='backdoor',
+        summary='Let the running mock training report this many new best states',
+        request_body=text_body('A number of steps', example='3'),
+        responses=done,
+        errors=[400, 409, 422],
+    )
+    api.add(
+        'POST',
+        '/kill_training_process',
+        tag='backdoor',
+        summary="Kill the mock logic's training process",
+        responses=done,
+        errors=[409, 422],
+    )
+    api.add('POST', '/force_status_update', tag='backdoor', summary='Send the status to the Loop now', responses=done)

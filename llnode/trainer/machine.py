@@ -13,6 +13,9 @@ lacks):
   do not count toward ``max_attempts``: an outage of the Loop is waited out, it never throws a finished
   training away (a deterministic failure, e.g. a training that runs out of memory, is given up);
 - :class:`CriticalError`: cleanup at once, the error kept;
+- :class:`~llnode.node.restart.NodeNeedsRestartError`: the state goes back to where the stage started (the
+  checkpoint keeps it, so the fresh process redoes the stage), the error is kept, the worker ends and
+  ``on_restart_needed(error)`` asks the node for a fresh process;
 - abort (``abort_training``): cleanup without uploads, in every state;
 - node shutdown: the stage is interrupted (the run's cancel event reaches transfers; ``logic.abort(run)`` ends a
   training), the state goes back to where the stage started and the checkpoint keeps it for the restart.
@@ -41,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from llnode.loop.errors import LoopConnectionError, LoopHTTPError, LoopRateLimited
 from llnode.loop.exchange import DataExchange
+from llnode.node.restart import NodeNeedsRestartError
 from llnode.schema import TrainerState, TrainingDetails
 from llnode.trainer.logic import BestState, CriticalError, TrainerLogic, TrainingInterrupted
 from llnode.trainer.run import Run
@@ -107,6 +111,7 @@ class TrainingMachine:
     ``on_cleanup(training)`` runs just before a finished training is cleared (the node reports
     ``ready_for_cleanup``), ``on_cleared(training)`` right after (the node reports ``idle``, may restart).
     ``slot`` is the training slot shared with sibling trainers (default: one that is always free).
+    ``on_restart_needed(error)`` gets a :class:`NodeNeedsRestartError` raised by a stage, after the worker stopped.
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class TrainingMachine:
         keep_old_trainings: bool = False,
         thread_name: str = 'llnode-trainer',
         slot: TrainingSlot | None = None,
+        on_restart_needed: Callable[[NodeNeedsRestartError], None] | None = None,
     ) -> None:
         if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
             raise ValueError(f'max_attempts must be a positive integer or None (no limit), got {max_attempts!r}')
@@ -142,6 +148,7 @@ class TrainingMachine:
         self._send_metrics = send_metrics
         self._on_cleanup = on_cleanup
         self._on_cleared = on_cleared
+        self._on_restart_needed = on_restart_needed
         self.inference_batch_size = inference_batch_size
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
@@ -450,6 +457,8 @@ class TrainingMachine:
                 work.perform(stage)
         except TrainingInterrupted:
             self._interrupted(training, run, stage)
+        except NodeNeedsRestartError as e:
+            self._restart_needed(training, stage, e)
         except CriticalError as e:
             message = str(e) or type(e).__name__
             logger.error('training %s: %s failed critically: %s; cleaning up', training.id, key, message)
@@ -469,6 +478,16 @@ class TrainingMachine:
                 self._streaks.pop(key, None)
                 self.stage_seconds[key] = self.stage_seconds.get(key, 0.0) + timer.seconds
                 self._transition_locked(training, stage.after)
+
+    def _restart_needed(self, training: Training, stage: Stage, error: NodeNeedsRestartError) -> None:
+        message = str(error) or type(error).__name__
+        logger.error('training %s: %s needs a fresh process: %s', training.id, stage.key, message)
+        self._stop.set()  # the worker ends after this stage; begin() refuses from now on
+        with self._lock:
+            training.errors[stage.key] = f'{message} (the node restarts)'
+            self._transition_locked(training, stage.start)
+        if self._on_restart_needed is not None:
+            self._on_restart_needed(error)
 
     def _interrupted(self, training: Training, run: Run, stage: Stage) -> None:
         if run.shutdown_requested:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint
@@ -28,9 +28,19 @@ from llnode.loop.errors import LoopConnectionError, LoopError
 from llnode.loop.exchange import DataExchange
 from llnode.node.errors import Unavailable
 from llnode.node.identity import node_key
+from llnode.node.metrics import Metric, gauge, state_set
 from llnode.node.node import Node
+from llnode.node.openapi import ApiDescription
 from llnode.node.repeat import REPEAT_INTERVAL
-from llnode.schema import Context, PretrainedModel, SchemaError, TrainingDetails, TrainingOut, TrainingStatus
+from llnode.schema import (
+    Context,
+    PretrainedModel,
+    SchemaError,
+    TrainerState,
+    TrainingDetails,
+    TrainingOut,
+    TrainingStatus,
+)
 from llnode.trainer.logic import BestState, TrainerLogic
 from llnode.trainer.machine import MAX_ATTEMPTS, MAX_RETRY_DELAY, RETRY_DELAY, TrainingMachine, TrainingRefused
 from llnode.trainer.slot import TrainingSlot, training_slot_from_settings
@@ -126,6 +136,7 @@ class TrainerNode(Node):
             keep_old_trainings=self.settings.keep_old_trainings,
             thread_name=f'llnode-trainer-{node_key(name)}',
             slot=training_slot if training_slot is not None else training_slot_from_settings(self.settings),
+            on_restart_needed=self.restart_needed,
         )
         self._status_lock = threading.Lock()  # guards _reported_state and _idle_since
         self._reported_state: str | None = None
@@ -181,6 +192,36 @@ class TrainerNode(Node):
         stats = super().stats()
         stats['training'] = self.stats_section('training', self._training_stats)
         return stats
+
+    def api_description(self) -> ApiDescription:
+        api = super().api_description()
+        if self.use_backdoor_controls:
+            from llnode.trainer.backdoor import describe_backdoor
+
+            describe_backdoor(api)
+        return api
+
+    def metric_families(self) -> Iterator[Metric]:
+        """``Node.metric_families()`` plus ``llnode_trainer_state`` (a state set over every trainer state),
+        ``llnode_training_progress`` (0 to 1; only while a stage reports it), ``llnode_training_number`` (only
+        while a training is active) and ``llnode_training_errors`` (errors in the status now)."""
+        yield from super().metric_families()
+        yield from self.metrics_section('training', self._training_families)
+
+    def _training_families(self) -> Iterator[Metric]:
+        snapshot = self.machine.snapshot()
+        yield state_set(
+            'llnode_trainer_state',
+            "The trainer's state, as in its status",
+            [s.value for s in TrainerState],
+            snapshot.state,
+        )
+        if snapshot.progress is not None:
+            yield gauge('llnode_training_progress', 'Progress of the current stage, 0 to 1', snapshot.progress)
+        training = self.machine.training
+        if training is not None:
+            yield gauge('llnode_training_number', 'The number of the active training', training.training_number)
+        yield gauge('llnode_training_errors', 'Errors the status reports now', len(snapshot.errors))
 
     def _training_stats(self) -> dict[str, Any]:
         snapshot = self.machine.snapshot()

@@ -36,6 +36,7 @@ from typing import Any
 from llnode.durable import fsync_dir, write_bytes, write_json
 from llnode.loop.errors import LoopError, LoopHTTPError
 from llnode.loop.exchange import IMAGE_STATES, METADATA_CHUNK, DataExchange
+from llnode.node.restart import NodeNeedsRestartError
 from llnode.schema import Detections, ModelInformation, SchemaError, TrainerState
 from llnode.trainer.logic import CriticalError, TrainerLogic, TrainingInterrupted
 from llnode.trainer.run import Run
@@ -209,7 +210,7 @@ class StageWork:
             if e.aborted or run.cancelled:
                 raise TrainingInterrupted(aborted=True) from e
             logger.info('%s: training stopped; the model trained so far is kept', run)
-        except CriticalError:
+        except (CriticalError, NodeNeedsRestartError):
             raise
         except Exception as e:
             if run.cancelled:

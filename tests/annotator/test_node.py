@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import requests
 
+from llnode import EXIT_NEEDS_RESTART, NodeNeedsRestartError
 from llnode.annotator import AnnotatorLogic, AnnotatorNode
 from llnode.localloop import LocalLoop
 from llnode.loop.errors import LoopConnectionError
@@ -303,6 +304,18 @@ def test_a_failing_tool_answers_its_error_and_starts_the_frontend_afresh(
     assert send(local_loop, node, event) == {'success': False, 'error_msg': 'the tool broke', 'payload': None}
     logic.fail_with = None
     assert send(local_loop, node, event) == ok('<text>1</text>')  # the history was reset
+
+
+def test_a_tool_that_needs_a_fresh_process_fails_the_event_and_asks_for_a_restart(
+    local_loop: LocalLoop, make_annotator: Callable[..., AnnotatorNode]
+) -> None:
+    logic = RecordingLogic()
+    node = make_annotator(local_loop, logic)
+    image, cat = demo_image(local_loop), category(local_loop)
+    logic.fail_with = NodeNeedsRestartError('No CUDA GPUs are available')
+    answer = send(local_loop, node, user_input('a', 'mouse_move', image['id'], cat))
+    assert answer == {'success': False, 'error_msg': 'No CUDA GPUs are available', 'payload': None}
+    assert node.exit_code == EXIT_NEEDS_RESTART
 
 
 def test_a_tool_answering_the_wrong_type_is_reported(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llnode import EXIT_NEEDS_RESTART, NodeNeedsRestartError
 from llnode.converter import ConverterNode, ModelFailure
 from llnode.localloop import LocalLoop
 from tests.converter.conftest import (
@@ -272,3 +273,22 @@ def test_a_failing_listing_is_retried_at_the_check_interval_even_while_a_retry_i
     time.sleep(1.0)  # a window to measure the listing rate in
     hits = next(r for r in local_loop.fault_rules() if r['id'] == rule['id'])['hits'] - first
     assert 3 <= hits <= 15, hits  # about one listing per 0.1 s check, not a spin on the due retry
+
+
+def test_a_logic_that_needs_a_fresh_process_stops_the_worker_and_asks_for_a_restart(
+    local_loop: LocalLoop, make_converter: MakeConverter
+) -> None:
+    model = upload_new_model(local_loop, SOURCE, {WEIGHTS: b'weights'})
+    logic = UpperLogic()
+
+    def wedged(model_json: dict[str, Any]) -> None:
+        raise NodeNeedsRestartError('CUDA error: an illegal memory access was encountered')
+
+    logic.before_convert = wedged
+    node = make_converter(local_loop, logic)
+    wait_for(lambda: node.exit_code is not None, what='the restart wish')
+    assert node.exit_code == EXIT_NEEDS_RESTART
+    wait_for(lambda: not node.worker.alive, what='the worker to stop')
+    assert node.failures() == {}  # not the model's fault: nothing recorded against it
+    assert len(logic.calls_for(model)) == 1
+    assert formats(local_loop, model) == [SOURCE]

@@ -30,7 +30,12 @@ def ident_of(result: ImageMetadata) -> int:
 
 
 class RecordingLogic(DetectorLogic):
-    """Records every batch (image ids) and the thread it ran on; counts concurrent calls; waits on ``gate``."""
+    """Records every batch (image ids) and the thread it ran on; counts concurrent calls; waits on ``gate``.
+
+    Its images differ in width (their ids), so it declares that it takes mixed shapes.
+    """
+
+    accepts_mixed_shapes = True
 
     def __init__(self, model_info: ModelInformation, *, work: float = 0.0) -> None:
         super().__init__(model_info)
@@ -457,3 +462,73 @@ def test_stats_count_failed_batches(workers: list[InferenceWorker], thread_safe:
     assert (stats['requests'], stats['images'], stats['batches'], stats['failed_batches']) == (2, 3, 3, 2)
     assert ident_of(worker.evaluate(image(4))) == 4
     assert worker.stats()['failed_batches'] == 2
+
+
+class ShapeLogic(DetectorLogic):
+    """Takes the default (no mixed shapes); records each batch as (pixel value, width) pairs; waits on ``gate``."""
+
+    def __init__(self, model_info: ModelInformation) -> None:
+        super().__init__(model_info)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def batch_evaluate(self, images: list[np.ndarray]) -> list[ImageMetadata]:
+        self.batches.append([(int(i.flat[0]), i.shape[1]) for i in images])
+        self.entered.set()
+        assert self.gate.wait(10), 'test never opened the gate'
+        return [ImageMetadata(tags=[f'{int(i.flat[0])}/{i.shape[1]}']) for i in images]
+
+
+def camera_image(value: int, width: int) -> np.ndarray:
+    return np.full((4, width, 3), value, np.uint8)
+
+
+def test_queued_requests_of_different_shapes_never_share_a_batch(workers: list[InferenceWorker]) -> None:
+    logic = ShapeLogic(INFO)
+    logic.gate.clear()
+    worker = InferenceWorker(logic, max_batch_size=8)
+    workers.append(worker)
+    results: dict[int, object] = {}
+
+    def call(value: int, width: int) -> threading.Thread:
+        def run() -> None:
+            results[value] = worker.evaluate(camera_image(value, width), timeout=10).tags[0]
+
+        thread = threading.Thread(target=run, name=f'test-caller-{value}')
+        thread.start()
+        return thread
+
+    threads = [call(1, 10)]
+    assert logic.entered.wait(5)
+    for value, width in ((2, 20), (3, 10), (4, 20), (5, 10)):  # two cameras, interleaved
+        threads.append(call(value, width))
+        wait_until(lambda: worker.queued == len(threads) - 1)
+    logic.gate.set()
+    for thread in threads:
+        thread.join(10)
+    # the first waiting request (camera 20) leads the next batch; its camera's later request joins it
+    assert logic.batches == [[(1, 10)], [(2, 20), (4, 20)], [(3, 10), (5, 10)]]
+    assert results == {1: '1/10', 2: '2/20', 3: '3/10', 4: '4/20', 5: '5/10'}
+
+
+def test_a_client_batch_of_mixed_shapes_is_split_per_shape_and_answered_in_order(
+    workers: list[InferenceWorker],
+) -> None:
+    logic = ShapeLogic(INFO)
+    worker = InferenceWorker(logic, max_batch_size=2)
+    workers.append(worker)
+    images = [camera_image(v, w) for v, w in ((1, 10), (2, 20), (3, 10), (4, 10), (5, 20))]
+    results = worker.evaluate_many(images)
+    assert [r.tags[0] for r in results] == ['1/10', '2/20', '3/10', '4/10', '5/20']
+    assert logic.batches == [[(1, 10), (3, 10)], [(4, 10)], [(2, 20), (5, 20)]]
+    assert worker.stats()['batches'] == 3
+
+
+def test_dtype_counts_as_part_of_the_shape(workers: list[InferenceWorker]) -> None:
+    logic = ShapeLogic(INFO)
+    worker = InferenceWorker(logic, max_batch_size=4)
+    workers.append(worker)
+    worker.evaluate_many([camera_image(1, 10), camera_image(2, 10).astype(np.float32)])
+    assert logic.batches == [[(1, 10)], [(2, 10)]]

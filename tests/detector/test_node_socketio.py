@@ -434,7 +434,7 @@ def test_concurrent_clients_get_their_own_answers_and_share_batches(
     make_detector: MakeDetector, sio_connect: Connect, server: str
 ) -> None:
     """Socket.IO and REST clients at once: each answer belongs to its request, and requests that wait while the
-    model is busy run together in one batch.
+    model is busy run together in one batch (their images have one shape: see test_batch_shapes.py).
 
     Under waitress every polling client holds one of the server's 4 threads with its long-poll, and a REST request
     holds one while it waits for inference, so fewer clients fit there (see the waitress test below).
@@ -455,7 +455,7 @@ def test_concurrent_clients_get_their_own_answers_and_share_batches(
 
     def rest_detect(value: int) -> None:
         try:
-            data = png_bytes_of(np.full((6, 7, 3), value, dtype=np.uint8))
+            data = png_bytes_of(np.full((4, 5, 3), value, dtype=np.uint8))  # the shape of the Socket.IO images
             response = requests.post(
                 f'{detector.url}/detect',
                 files={'file': data},
@@ -495,7 +495,7 @@ def test_concurrent_clients_get_their_own_answers_and_share_batches(
         assert answers[value]['tags'] == ['size-5x4', f'sio-{value}']
     for value in rest_values:
         assert answers[value]['classification_detections'][0]['category_name'] == f'pixel-{value}'
-        assert answers[value]['tags'] == ['size-7x6', f'rest-{value}']
+        assert answers[value]['tags'] == ['size-5x4', f'rest-{value}']
 
 
 def test_waitress_answers_rest_while_polling_clients_leave_it_a_thread(
