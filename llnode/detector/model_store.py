@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Hashable
 from pathlib import Path, PurePosixPath
 
+from llnode.backoff import Backoff
 from llnode.durable import fsync_dir
 from llnode.schema import ModelInformation, SchemaError
 
@@ -362,11 +363,13 @@ def _delete(path: Path) -> None:
 
 
 class RetryBackoff:
-    """Exponential back-off per key (e.g. a model version): after ``n`` failures in a row the key is not ready
-    again for ``min(maximum, initial * factor ** (n - 1))`` seconds; a success forgets the key.
+    """Back-off per key (e.g. a model version): after ``n`` failures in a row the key is not ready again for
+    ``policy.delay(n)`` seconds (:class:`llnode.backoff.Backoff`: ``min(maximum, initial * factor ** (n - 1))``,
+    less up to a quarter of jitter); a success forgets the key.
 
     Used so a failed download or build is retried, but not in a tight loop (reference weak point C8).
-    ``clock`` (seconds, monotonic) can be injected for tests.
+    ``policy`` replaces the one built from ``initial``, ``maximum`` and ``factor``; ``clock`` (seconds,
+    monotonic) can be injected for tests.
     """
 
     def __init__(
@@ -376,12 +379,17 @@ class RetryBackoff:
         *,
         factor: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        policy: Backoff | None = None,
     ) -> None:
-        if initial < 0 or maximum < initial or factor < 1:
-            raise ValueError(f'bad back-off: initial={initial}, maximum={maximum}, factor={factor}')
-        self.initial = initial
-        self.maximum = maximum
-        self.factor = factor
+        if policy is None:
+            try:
+                policy = Backoff(base=initial, cap=maximum, factor=factor)
+            except ValueError as e:
+                raise ValueError(f'bad back-off: initial={initial}, maximum={maximum}, factor={factor} ({e})') from None
+        self.policy = policy
+        self.initial = policy.base
+        self.maximum = policy.cap
+        self.factor = policy.factor
         self._clock = clock
         self._lock = threading.Lock()
         self._state: dict[Hashable, tuple[int, float]] = {}  # key -> (failures in a row, ready at)
@@ -390,7 +398,7 @@ class RetryBackoff:
         """Record a failure of ``key``; returns the delay before it is ready again."""
         with self._lock:
             failures = self._state.get(key, (0, 0.0))[0] + 1
-            delay = min(self.maximum, self.initial * self.factor ** (failures - 1))
+            delay = self.policy.delay(failures)
             self._state[key] = (failures, self._clock() + delay)
             return delay
 

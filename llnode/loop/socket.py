@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import logging
 import queue
-import random
 import ssl
 import threading
 import time
@@ -44,6 +43,7 @@ import requests
 import socketio
 import websocket
 
+from llnode.backoff import Backoff
 from llnode.logs import QuietLogger, socketio_loggers
 from llnode.loop.errors import LoopConnectionError, LoopError, LoopTimeout
 from llnode.loop.tls_duplex import SerialTlsSocket
@@ -64,9 +64,6 @@ ENVELOPE_KEYS = frozenset({'success', 'error_msg', 'payload'})
 
 #: Budget of the readiness probe: one failed ``GET /api/status`` aborts the attempt.
 READINESS_TIMEOUT = 5.0
-
-#: Delays are drawn from ``[JITTER_LOW, 1] * delay`` so that many nodes do not retry in lockstep.
-JITTER_LOW = 0.75
 
 #: Events that may wait in one lane behind the one it runs; one more is refused with an error ack.
 LANE_CAPACITY = 64
@@ -505,7 +502,8 @@ class LoopSocket:
         self._node_type = node_type
         self._request_timeout = request_timeout
         self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        # jittered (llnode.backoff), so that many nodes that lost the Loop together do not retry in lockstep
+        self._backoff = Backoff(base=backoff_initial, cap=backoff_max)
         self._transports = list(transports) if transports is not None else None
 
         self._connect_lock = threading.Lock()
@@ -721,8 +719,7 @@ class LoopSocket:
         except Exception as e:
             with self._state_lock:
                 self._failures += 1
-                delay = min(self._backoff_max, self._backoff_initial * 2 ** min(self._failures - 1, 30))
-                delay *= random.uniform(JITTER_LOW, 1.0)
+                delay = self._backoff.delay(self._failures)
                 self._next_attempt_at = time.monotonic() + delay
                 self._last_error = str(e) or type(e).__name__
                 if self._sio is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from llnode.backoff import Backoff
 from llnode.detector.model_store import (
     InvalidModelError,
     InvalidVersionError,
@@ -343,7 +344,7 @@ def test_remove(tmp_path: Path) -> None:
 
 def test_retry_backoff_schedule() -> None:
     now = [100.0]
-    backoff = RetryBackoff(initial=5, maximum=30, clock=lambda: now[0])
+    backoff = RetryBackoff(policy=Backoff(base=5, cap=30, jitter=0), clock=lambda: now[0])
     assert backoff.ready('1.2') and backoff.remaining('1.2') == 0 and backoff.failures('1.2') == 0
 
     delays = [backoff.failed('1.2') for _ in range(6)]
@@ -366,3 +367,10 @@ def test_retry_backoff_schedule() -> None:
     assert backoff.ready(('uuid', 'mocked')) and backoff.ready('1.2')
     with pytest.raises(ValueError):
         RetryBackoff(initial=10, maximum=5)
+
+
+def test_retry_backoff_jitters_within_a_quarter_by_default() -> None:
+    backoff = RetryBackoff(initial=8, maximum=8)
+    delays = {backoff.failed(key) for key in range(20)}
+    assert all(6 <= delay <= 8 for delay in delays)
+    assert len(delays) > 1  # without jitter every key would wait exactly 8 s
