@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from llnode.backoff import Backoff
 from llnode.loop.errors import (
     LoopAuthError,
     LoopConnectionError,
@@ -19,7 +20,6 @@ from llnode.loop.errors import (
     LoopTimeout,
 )
 from llnode.schema import Category, TrainerState, TrainingDetails
-from llnode.backoff import Backoff
 from llnode.trainer.machine import MAX_RETRY_DELAY, RETRY_DELAY, is_loop_unavailable
 from llnode.trainer.stages import LoopUnavailable
 from llnode.trainer.training import RESUME_FROM, Checkpoint, CheckpointError, Training
