@@ -542,6 +542,12 @@ class LoopSocket:
             return self._attempts
 
     @property
+    def retry_in(self) -> float:
+        """Seconds until the back-off allows the next connection attempt (0 when one may run now)."""
+        with self._state_lock:
+            return max(0.0, self._next_attempt_at - time.monotonic())
+
+    @property
     def last_error(self) -> str | None:
         """Why the link is down, or None; for status pages and logs."""
         with self._state_lock:
