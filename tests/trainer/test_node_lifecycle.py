@@ -60,6 +60,25 @@ def test_stopping_the_node_during_a_training_ends_every_trainer_thread(
     assert node.machine.checkpoint.exists()  # kept for the restart
 
 
+def test_an_idle_trainer_reports_its_status_every_cycle(
+    local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]
+) -> None:
+    """The periodic status is the trainer's heartbeat: the Loop hears from an idle trainer every cycle although
+    nothing changes (the Loop shows a node that falls silent as gone)."""
+    node = make_trainer(local_loop)
+    reports: set[str] = set()  # the Loop's ``updated`` time of each status it kept (milliseconds)
+
+    def reported() -> set[str]:
+        for entry in local_loop.nodes():
+            if entry['id'] == node.uuid:
+                assert entry['status']['state'] == 'idle'
+                reports.add(entry['updated'])
+        return reports
+
+    wait_for(lambda: len(reported()) >= 4, what='four idle status reports', interval=0.02)
+    assert node.machine.snapshot().state == 'idle'
+
+
 def test_the_constructor_refuses_what_it_cannot_use(local_loop: LocalLoop) -> None:
     with pytest.raises(TypeError, match='TrainerLogic'):
         TrainerNode('t', object(), settings=local_loop.settings())  # type: ignore[arg-type]
