@@ -34,6 +34,7 @@ from llnode.detector.deployment import UPDATE_ERROR_KEY, ActiveModel, ModelManag
 from llnode.detector.images import check_decodable, decode_image, keep_pillow_blocks, release_pillow_blocks
 from llnode.detector.logic import DetectorFactory
 from llnode.detector.model_store import ModelStore, RetryBackoff, is_version
+from llnode.detector.options import check_autoupload, checked_tags
 from llnode.detector.outbox import Outbox, OutboxClosed, OutboxFull
 from llnode.detector.relevance import RelevanceFilter
 from llnode.detector.rest import detector_blueprints
@@ -60,9 +61,6 @@ if TYPE_CHECKING:
     from llnode.loop.http import LoopClient
 
 logger = logging.getLogger('llnode.detector')
-
-#: ``autoupload`` values (loop-protocol §4.4); ``filtered`` is the default
-AUTOUPLOAD_MODES = ('filtered', 'all', 'disabled')
 
 #: the tag explicit uploads carry (reference)
 PICKED_BY_SYSTEM = 'picked_by_system'
@@ -270,7 +268,7 @@ class DetectorNode(Node):
     ) -> list[ImageMetadata]:
         """The detections for several images, in their order; tags, source, date and camera apply to each."""
         check_autoupload(autoupload)
-        tag_list = _checked_tags(tags)
+        tag_list = checked_tags(tags)
         self.models.serving()  # "no model" comes before any decoding (reference 0.27)
         arrays = [
             decode_image(image) if isinstance(image, (bytes, bytearray, memoryview)) else image for image in images
@@ -286,6 +284,12 @@ class DetectorNode(Node):
     def _infer(self, images: list[np.ndarray]) -> list[ImageMetadata]:
         for attempt in (1, 2):
             model = self.models.serving()
+            capacity = model.worker.max_queue
+            if len(images) > capacity:  # it could never be queued: the client's error, not a busy detector
+                raise Unprocessable(
+                    f'a batch of {len(images)} images is more than the inference queue holds ({capacity}); '
+                    f'send at most {capacity}'
+                )
             try:
                 return model.worker.evaluate_many(images, timeout=self.inference_timeout)
             except InferenceStopped:
@@ -627,21 +631,6 @@ def _inference_stats(active: ActiveModel | None) -> dict[str, Any] | None:
     if active is None:
         return None
     return {'model_version': active.version, **active.worker.stats()}
-
-
-def check_autoupload(value: Any) -> str:
-    if value not in AUTOUPLOAD_MODES:
-        raise Unprocessable(f'autoupload must be one of {", ".join(AUTOUPLOAD_MODES)}, got {value!r}')
-    return str(value)
-
-
-def _checked_tags(tags: Iterable[str]) -> list[str]:
-    if isinstance(tags, str):
-        raise Unprocessable('tags must be a list of strings, got one string')
-    tag_list = list(tags)
-    if not all(isinstance(tag, str) for tag in tag_list):
-        raise Unprocessable(f'tags must be strings, got {tag_list!r}')
-    return tag_list
 
 
 def _finished(result: ImageMetadata, tags: list[str], source: str | None, created: str | None) -> ImageMetadata:

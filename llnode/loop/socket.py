@@ -47,6 +47,7 @@ from llnode.backoff import Backoff
 from llnode.logs import QuietLogger, socketio_loggers
 from llnode.loop.errors import LoopConnectionError, LoopError, LoopTimeout
 from llnode.loop.tls_duplex import SerialTlsSocket
+from llnode.polling_limit import raise_polling_packet_limit
 
 logger = logging.getLogger('llnode.loop.socket')
 
@@ -72,12 +73,6 @@ LANE_CAPACITY = 64
 #: with an error ack instead of being run, so the lane catches up instead of replaying old input.
 LANE_MAX_WAIT = 30.0
 
-#: Packets one long-polling answer may carry. The server sends everything it queued in one answer, and engineio's
-#: default of 16 (``engineio.payload.Payload.max_decode_packets``, a class attribute and the only setting there
-#: is) makes the client drop the connection, and the events in it, after a burst of more (an event with a binary
-#: attachment takes two). Raised process-wide when the first Loop socket is built, never lowered; it also bounds
-#: what a client may POST to a node's own Socket.IO server, whose body stays limited to 64 MiB anyway.
-POLLING_MAX_PACKETS = 512
 
 #: How long a disconnect waits for the client's dispatcher thread to finish the packet it is on.
 DISPATCH_JOIN_TIMEOUT = 5.0
@@ -808,8 +803,7 @@ class LoopSocket:
             **socketio_loggers('llnode.loop.socket'),
         )
         sio.event_runner = self._run_event
-        payload = engineio.payload.Payload
-        payload.max_decode_packets = max(payload.max_decode_packets, POLLING_MAX_PACKETS)
+        raise_polling_packet_limit()  # a burst of queued events arrives in one long-polling answer
         sio.on('connect', self._internal('connect', sio))
         sio.on('disconnect', self._internal('disconnect', sio))
         sio.on('connect_error', self._internal('connect_error', sio))
