@@ -143,6 +143,9 @@ class _InMemoryRequest(Request):
     bodies are split directly (:mod:`llnode.node.multipart`)."""
 
     form_data_parser_class = InMemoryFormDataParser
+    #: werkzeug refuses a body of more than 1,000 parts with 413; a form with 1,000 small fields before its file
+    #: is fine for the reference. The body's size stays bounded by ``MAX_CONTENT_LENGTH``.
+    max_form_parts = 10_000
 
     def _get_file_stream(
         self,
