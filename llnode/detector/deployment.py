@@ -29,6 +29,7 @@ from typing import Any
 from llnode.detector.batching import InferenceWorker
 from llnode.detector.logic import DetectorFactory, DetectorLogic
 from llnode.detector.model_store import ModelStore, RetryBackoff, read_model_info
+from llnode.failure_log import FailureLog
 from llnode.node.errors import Unavailable
 from llnode.schema import ModelInformation, VersionMode
 
@@ -100,6 +101,7 @@ class ModelManager:
         self._worker_options = dict(worker_options or {})
         self.backoff = backoff or RetryBackoff(initial=5.0, maximum=300.0)
         self._name = name
+        self._update_failures = FailureLog(logger, f'{name}: model update')
 
         self._lock = threading.Lock()
         # guarded by _lock:
@@ -229,8 +231,11 @@ class ModelManager:
                 return None
             try:
                 model = self._build(self.store.folder(version))
-            except Exception:
-                logger.exception('%s: building the current model %s failed', self._name, version)
+            except Exception as e:
+                message = f'Could not load model {version}: {_describe(e)}'
+                logger.warning('%s: %s', self._name, message)  # the cause, for the log, /readyz and /stats
+                logger.debug('%s: loading the current model failed', self._name, exc_info=e)
+                self._set_error(message)
                 return None
             with self._lock:
                 self._active = model
@@ -297,9 +302,11 @@ class ModelManager:
             except Exception as e:
                 delay = self.backoff.failed(target.version)
                 message = f'Could not update model: {_describe(e)}'
-                logger.warning('%s: %s (next try in %.0f s)', self._name, message, delay)
+                self._update_failures.failed(message, exc_info=e)  # logged when it starts, then once a minute
+                logger.debug('%s: next model update try in %.1f s', self._name, delay)
                 self._set_error(message)
                 return False
+            self._update_failures.succeeded()
             self.backoff.succeeded(target.version)
             self._notify()  # the swap cleared the update error in the same step
             return True

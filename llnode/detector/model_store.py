@@ -321,7 +321,7 @@ def read_model_info(folder: Path | str) -> ModelInformation:
     try:
         text = path.read_bytes()
     except FileNotFoundError:
-        raise InvalidModelError(f'{MODEL_JSON} not found in {folder}') from None
+        raise InvalidModelError(f'model folder {folder} has no {MODEL_JSON}') from None
     except OSError as e:
         raise InvalidModelError(f'cannot read {path}: {e}') from e
     try:

@@ -215,8 +215,13 @@ def common_blueprint(node: Node) -> Blueprint:
     @blueprint.get('/readyz')
     def readyz() -> Response:
         """Readiness: the node can do its job now (running, Loop link up where needed, its own ``is_ready()``)."""
-        problem = node.readiness_problem()
+        try:
+            problem = node.readiness_problem()
+        except NodeHTTPError as e:  # the node's own reason (no model yet): a probe's answer, not a failure to log
+            logger.debug('GET /readyz -> %d: %s', e.status, e.detail)
+            return json_response({'detail': e.detail}, e.status, e.headers)
         if problem is not None:
+            logger.debug('GET /readyz -> 503: %s', problem)
             return json_response({'detail': problem}, 503)
         return json_response({'status': 'ready'})
 

@@ -252,7 +252,7 @@ def test_failed_fetch_leaves_nothing_behind(exchange: DataExchange, tmp_path: Pa
     with pytest.raises(LoopHTTPError) as caught:
         store.install('1.1', lambda f: exchange.download_model(UNKNOWN_UUID, 'mocked', f))
     assert caught.value.status == 404
-    with pytest.raises(InvalidModelError, match=r'model\.json not found'):
+    with pytest.raises(InvalidModelError, match=r'has no model\.json'):
         store.install('1.1', lambda f: (f / 'weights.bin').write_text('no model.json'))
     with pytest.raises(InvalidModelError, match='organization'):
         store.install('1.1', lambda f: (f / 'model.json').write_text('{"id": "x", "version": "1.1"}'))
@@ -300,7 +300,7 @@ def test_a_folder_without_model_json_is_replaced_on_install(tmp_path: Path) -> N
     (store.models_folder / '1.3').mkdir(parents=True)
     (store.models_folder / '1.3' / 'partial.bin').write_text('left by a failed download')
     assert store.local_versions() == ['1.3'] and not store.has('1.3')
-    with pytest.raises(InvalidModelError, match=r'model.json not found in .*1\.3'):
+    with pytest.raises(InvalidModelError, match=r'model folder .*1\.3 has no model\.json'):
         store.model_info('1.3')
 
     store.install('1.3', fake_fetch('1.3'))

@@ -255,7 +255,8 @@ def test_a_broken_current_model_leaves_the_node_without_model_but_running(
     node = make_node(None, factory)
     assert node.running
     assert serving(node) is None
-    assert readiness(node) == 'detector not yet initialized'
+    assert readiness(node) == 'detector not yet initialized: Could not load model 1.0: cannot build 1.0'
+    assert node.stats()['model']['update_error'] == 'Could not load model 1.0: cannot build 1.0'
 
 
 # ------------------------------------------------------------------------------------------------ version modes
