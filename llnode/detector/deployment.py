@@ -227,6 +227,9 @@ class ModelManager:
             self.store.clean_leftovers()
             version = self.store.current_version()
             if version is None:
+                problem = self.store.current_problem()
+                if problem is not None:  # a link to a broken folder: the reason belongs in /readyz and /stats
+                    self._set_error(f'Could not load the current model: {problem}')
                 logger.info('%s: no current model', self._name)
                 return None
             try:

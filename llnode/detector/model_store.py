@@ -133,6 +133,26 @@ class ModelStore:
         with self._lock:
             return self._current_version()
 
+    def current_problem(self) -> str | None:
+        """Why ``current_model`` exists but names no usable model (for status pages), or None."""
+        with self._lock:
+            link = self.link_path
+            if not link.is_symlink():
+                return None
+            try:
+                pointed = os.readlink(link)
+            except OSError as e:
+                return f'cannot read the link {link}: {e}'
+            version = self._version_of_link(pointed)
+            if version is None:
+                return f'{link} points to {pointed!r}, not to a model folder in {self.models_folder}'
+            if self.has(version):
+                return None
+            folder = self.folder(version)
+            if folder.is_dir():
+                return f'model folder {folder.absolute()} has no {MODEL_JSON}'
+            return f'{link} points to {pointed!r}, which does not exist'
+
     def current_folder(self) -> Path | None:
         """The folder of the current version, or None."""
         version = self.current_version()
@@ -158,6 +178,8 @@ class ModelStore:
             staging = self._new_staging(version)
             try:
                 fetch(staging)
+                if not (staging / MODEL_JSON).is_file():  # name what the operator knows, not the staging folder
+                    raise InvalidModelError(f'the downloaded model {version} has no {MODEL_JSON}')
                 info = read_model_info(staging)
                 _fsync_tree(staging)
                 if info.version != version:
