@@ -44,7 +44,9 @@ import socketio
 import websocket
 
 from llnode.backoff import Backoff
+from llnode.failure_log import FailureLog
 from llnode.logs import QuietLogger, socketio_loggers
+from llnode.loop.causes import loop_cause
 from llnode.loop.errors import LoopConnectionError, LoopError, LoopTimeout
 from llnode.loop.tls_duplex import SerialTlsSocket
 from llnode.polling_limit import raise_polling_packet_limit
@@ -499,6 +501,8 @@ class LoopSocket:
         self._backoff_initial = backoff_initial
         # jittered (llnode.backoff), so that many nodes that lost the Loop together do not retry in lockstep
         self._backoff = Backoff(base=backoff_initial, cap=backoff_max)
+        # a Loop that stays away is logged when it goes, once a minute while it is away, and when it is back
+        self._connect_failures = FailureLog(logger, f'connecting to the Loop as {node_type}')
         self._transports = list(transports) if transports is not None else None
 
         self._connect_lock = threading.Lock()
@@ -541,6 +545,11 @@ class LoopSocket:
         """Seconds until the back-off allows the next connection attempt (0 when one may run now)."""
         with self._state_lock:
             return max(0.0, self._next_attempt_at - time.monotonic())
+
+    @property
+    def problem(self) -> str | None:
+        """Why connecting fails, in an operator's words (``the Loop refused login for user 'x' (401)``), or None."""
+        return self._connect_failures.cause
 
     @property
     def last_error(self) -> str | None:
@@ -725,12 +734,14 @@ class LoopSocket:
                 self._last_error = str(e) or type(e).__name__
                 if self._sio is not None:
                     self._broken = True
-            logger.warning('connecting to the Loop failed (attempt %d): %s; next attempt in %.1f s', attempt, e, delay)
+            self._connect_failures.failed(loop_cause(e, self._client.settings), exc_info=e)
+            logger.debug('connecting to the Loop failed (attempt %d): %s; next attempt in %.1f s', attempt, e, delay)
             raise
         with self._state_lock:
             self._failures = 0
             self._next_attempt_at = started + self._backoff_initial
             self._last_error = None
+        self._connect_failures.succeeded()
         logger.info('connected to the Loop at %s as %s', self._client.settings.socket_url, self._node_type)
 
     def _procedure(self) -> None:
