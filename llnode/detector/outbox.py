@@ -52,6 +52,7 @@ from llnode.detector.outbox_disk import (
     jpg_name,
     json_name,
 )
+from llnode.failure_log import FailureLog
 from llnode.loop.errors import LoopError
 from llnode.loop.http import LoopClient, retry_after_seconds
 from llnode.priority import lower_current_thread_priority
@@ -208,6 +209,7 @@ class Outbox:
         self._rejected: list[str] = []
         self._in_flight: set[str] = set()
         self._refusals: dict[str, int] = {}  # item id -> refusals in a row (uploader thread only)
+        self._upload_failures = FailureLog(logger, 'outbox upload')
         self._reserved_priority = 0
         self._bytes_waiting = 0
         self._pending = 0
@@ -563,12 +565,14 @@ class Outbox:
                     self._in_flight.clear()
             if retry is None:
                 failures = 0
+                self._upload_failures.succeeded()
                 continue
             if not retry.counts:
                 continue
             failures += 1
             delay = self.backoff.delay(failures, retry_after=retry.delay)
-            logger.warning('outbox upload failed (%s); retrying in %.1f s', retry.error, delay)
+            self._upload_failures.failed(retry.error)  # logged when it starts, then once a minute, and when it ends
+            logger.debug('outbox upload failed (%s); retrying in %.1f s', retry.error, delay)
             with self._changed:
                 self._counts['upload_errors'] += 1
                 self._last_error = retry.error
