@@ -22,7 +22,9 @@ class FailureLog:
     """The state of one periodic task's failures, logged under ``what`` (e.g. ``"detector: status sync"``).
 
     Call :meth:`failed` with the cause of each failure and :meth:`succeeded` after each success; both are
-    thread-safe and cheap. ``clock`` (monotonic seconds) can be injected for tests.
+    thread-safe and cheap. ``start_traceback`` puts the traceback on the first line of a failure (for failures
+    that are bugs, such as an exception from user code); otherwise tracebacks go to DEBUG only. ``clock``
+    (monotonic seconds) can be injected for tests.
     """
 
     def __init__(
@@ -32,9 +34,11 @@ class FailureLog:
         *,
         interval: float = REPEAT_LOG_INTERVAL,
         level: int = logging.WARNING,
+        start_traceback: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._logger = logger
+        self.start_traceback = start_traceback
         self.what = what
         self.interval = interval
         self.level = level
@@ -80,7 +84,10 @@ class FailureLog:
             self._logged_at = now
             failures, since = self._failures, now - self._since
         if new:
-            self._logger.log(self.level, '%s failed: %s', self.what, cause)
+            start_exc = exc_info if self.start_traceback else None
+            self._logger.log(self.level, '%s failed: %s', self.what, cause, exc_info=start_exc)
+            if start_exc is not None:
+                return
         elif changed:
             self._logger.log(self.level, '%s still fails, now: %s', self.what, cause)
         else:
