@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from llnode.config import Settings
 from llnode.loop.errors import LoopAuthError, LoopConnectionError, LoopHTTPError, LoopTimeout
@@ -18,15 +19,17 @@ from llnode.loop.errors import LoopAuthError, LoopConnectionError, LoopHTTPError
 _ERRNO_REASON = re.compile(r'\[Errno -?\d+\] ([^)\'"]+)')
 
 
-def loop_cause(error: BaseException, settings: Settings) -> str:
-    """One line that says why talking to the Loop failed, in an operator's words."""
-    where = settings.base_url
+def loop_cause(error: BaseException, settings: Settings | Any) -> str:
+    """One line that says why talking to the Loop failed, in an operator's words.
+
+    ``settings`` are the node's :class:`~llnode.config.Settings` (anything with the same attributes will do).
+    """
+    where = getattr(settings, 'base_url', 'the configured host')
+    user = getattr(settings, 'username', '')
     if isinstance(error, LoopAuthError):
         if error.url.endswith('/api/login'):
-            return f'the Loop refused login for user {settings.username!r} ({error.status})'
-        return (
-            f'the Loop refused the session of user {settings.username!r} ({error.status}) on {error.method} {error.url}'
-        )
+            return f'the Loop refused login for user {user!r} ({error.status})'
+        return f'the Loop refused the session of user {user!r} ({error.status}) on {error.method} {error.url}'
     if isinstance(error, LoopHTTPError):
         return http_cause(error.status, error.body, settings, f'{error.method} {error.url}')
     if isinstance(error, LoopTimeout):
@@ -38,15 +41,16 @@ def loop_cause(error: BaseException, settings: Settings) -> str:
     return _short(str(error)) or type(error).__name__
 
 
-def http_cause(status: int, body: str, settings: Settings, call: str) -> str:
+def http_cause(status: int, body: str, settings: Settings | Any, call: str) -> str:
     """The cause for an answer with ``status`` to ``call`` (``POST http://…/detectors``)."""
     detail = _detail(body)
+    user = getattr(settings, 'username', '')
+    organization, project = getattr(settings, 'organization', ''), getattr(settings, 'project', '')
     if status == 401:
-        return f'the Loop refused user {settings.username!r} ({status}) on {call}'
+        return f'the Loop refused user {user!r} ({status}) on {call}'
     if status == 403:
-        return f'the Loop does not let user {settings.username!r} use {settings.project_path[1:]} ({status})'
-    if status == 404 and settings.organization and settings.project and settings.project_path in call:
-        organization, project = settings.organization, settings.project
+        return f'the Loop does not let user {user!r} use {organization}/{project} ({status})'
+    if status == 404 and organization and project and f'/{organization}/projects/{project}' in call:
         return f'the Loop does not know organization {organization!r} or its project {project!r} (404: {detail})'
     return f'{call} answered {status}' + (f': {detail}' if detail else '')
 
