@@ -81,6 +81,22 @@ def test_a_malformed_packet_is_one_warning_and_the_session_goes_on(
         client.close()
 
 
+def test_malformed_packets_over_websocket_from_a_real_client(
+    make_detector: MakeDetector, sio_connect: Connect, caplog: pytest.LogCaptureFixture, thread_deaths: list[str]
+) -> None:
+    """The same packets through python-socketio's own client over WebSocket (werkzeug), one after another."""
+    client = sio_connect(make_detector('werkzeug'))
+    assert client.transport() == 'websocket'
+    with caplog.at_level(logging.INFO, logger='llnode'):
+        for packet in MALFORMED.values():
+            client.eio.send(packet[1:])  # engineio adds the message type, the leading "4"
+        assert client.call('get_outbox_mode', timeout=5) == {'outbox_mode': 'continuous_upload'}
+        wait_for(lambda: len(socketio_records(caplog.records)) >= len(MALFORMED), what='a line per bad packet')
+    assert len(socketio_records(caplog.records)) == len(MALFORMED)
+    assert problems(caplog.records) == [] and thread_deaths == []
+    assert client.connected
+
+
 def test_an_unknown_event_gets_an_error_ack(make_detector: MakeDetector, sio_connect: Connect) -> None:
     client = sio_connect(make_detector('werkzeug'))
     assert client.call('x', {}, timeout=5) == {'error': "unknown event 'x'"}
