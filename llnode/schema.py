@@ -270,7 +270,7 @@ def _load(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SchemaError(path, f'expected a number, got {type(value).__name__}')
-        return float(value)
+        return value  # an integer stays one: a client's ``"y": 2`` goes on as ``2``, not ``2.0`` (reference)
     if tp is str:
         if not isinstance(value, str):
             raise SchemaError(path, f'expected a string, got {type(value).__name__}')

@@ -34,6 +34,7 @@ from llnode.annotator.sessions import (
     SessionsClosed,
 )
 from llnode.config import Settings
+from llnode.failure_log import FailureLog
 from llnode.loop.errors import LoopConnectionError, LoopError
 from llnode.loop.exchange import DataExchange
 from llnode.node.metrics import Metric, gauge
@@ -111,6 +112,7 @@ class AnnotatorNode(Node):
         logic._node = self
         # One call into a tool that is not thread-safe at a time (owned by _tool_call).
         self._tool_lock = threading.Lock()
+        self._status_failures = FailureLog(logger, f'{name}: update_annotation_node')
         # One lane per frontend: its input and its logout reach the node in the order the Loop sent them.
         self.handle_loop_event('handle_user_input', self._on_handle_user_input, lane=_user_input_lane)
         self.handle_loop_event('user_logout', self._on_user_logout, lane=_logout_lane)
@@ -238,7 +240,7 @@ class AnnotatorNode(Node):
         try:
             ack = link.call('update_annotation_node', self.status().to_dict(), timeout=STATUS_TIMEOUT)
         except LoopError as e:
-            logger.warning('%s: update_annotation_node failed: %s', self.name, e)
+            self._status_failures.failed(str(e), exc_info=e)  # logged when it starts, then once a minute
             link.mark_broken(f'update_annotation_node failed: {e}')
             return False
         except Exception:
@@ -247,6 +249,7 @@ class AnnotatorNode(Node):
         if not isinstance(ack, dict) or ack.get('success') is not True:
             link.mark_broken(f'the Loop did not acknowledge update_annotation_node: {ack!r}')
             return False
+        self._status_failures.succeeded()
         return True
 
     # ------------------------------------------------------------------ Node hooks

@@ -32,6 +32,7 @@ from llnode.config import Settings
 from llnode.converter.logic import ConverterLogic
 from llnode.converter.retries import MAX_ATTEMPTS, MAX_RETRY_DELAY, RETRY_DELAY, ModelFailure, RetryBook
 from llnode.converter.worker import ConversionWorker
+from llnode.failure_log import FailureLog
 from llnode.loop.errors import LoopError
 from llnode.loop.exchange import DataExchange
 from llnode.node.errors import Unavailable
@@ -130,6 +131,7 @@ class ConverterNode(Node):
         self._exchange_lock = threading.Lock()  # guards _data_exchange
         self._data_exchange: DataExchange | None = None
         self._status_lock = threading.Lock()  # guards _reported_state and _unanswered_status_logged
+        self._status_failures = FailureLog(logger, f'{name}: {STATUS_EVENT}')
         self._reported_state: str | None = None
         self._unanswered_status_logged = False
 
@@ -218,8 +220,9 @@ class ConverterNode(Node):
         try:
             ack = link.call(STATUS_EVENT, status.to_dict(), timeout=STATUS_TIMEOUT)
         except LoopError as e:
-            logger.warning('%s: %s failed: %s', self.name, STATUS_EVENT, e)
+            self._status_failures.failed(str(e), exc_info=e)  # logged when it starts, then once a minute
             return False
+        self._status_failures.succeeded()
         if isinstance(ack, dict) and ack.get('success') is False:
             link.mark_broken(f'the Loop refused {STATUS_EVENT}: {ack.get("error_msg")}')
             return False

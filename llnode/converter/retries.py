@@ -1,7 +1,8 @@
 """Per-model retry bookkeeping of a converter: when a failed model may be tried again, and when to give up.
 
 A model whose conversion failed is not tried again every cycle: the n-th failure in a row waits
-``retry_delay * 2**(n-1)`` seconds (at most ``max_retry_delay``) before the next attempt. Failures that only say
+``retry_delay * 2**(n-1)`` seconds (at most ``max_retry_delay``, less up to a quarter of jitter; the policy is
+:class:`llnode.backoff.Backoff`) before the next attempt. Failures that only say
 the Loop is unavailable (no connection, a timeout, 5xx, 408, 429) back off the same way but do not count toward
 ``max_attempts``: an outage is waited out, it never makes the node give a model up. After ``max_attempts``
 counted failures the model is given up; it stays in the book (and in the status errors) until the Loop stops
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llnode.backoff import Backoff
 from llnode.durable import write_json
 
 logger = logging.getLogger('llnode.converter')
@@ -34,11 +36,6 @@ MAX_RETRY_DELAY = 300.0
 MAX_ATTEMPTS = 3
 #: Attempt times kept per model (the record of a model retried forever must not grow without bound).
 KEPT_ATTEMPT_TIMES = 20
-
-
-def backoff_delay(failures: int, base: float, maximum: float) -> float:
-    """Seconds before the next attempt after ``failures`` failures in a row: base, 2*base, 4*base, ... maximum."""
-    return float(min(maximum, base * 2 ** min(max(failures, 1) - 1, 30)))
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,10 @@ class ModelFailure:
 
 
 class RetryBook:
-    """The failure records of one converter, keyed by model id; thread-safe (``_lock`` guards ``_records``)."""
+    """The failure records of one converter, keyed by model id; thread-safe (``_lock`` guards ``_records``).
+
+    ``backoff`` replaces the policy built from ``retry_delay`` and ``max_retry_delay`` (e.g. one without jitter).
+    """
 
     def __init__(
         self,
@@ -81,6 +81,7 @@ class RetryBook:
         max_retry_delay: float = MAX_RETRY_DELAY,
         clock: Callable[[], float] = time.monotonic,
         path: Path | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         if max_attempts is not None and (
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
@@ -95,6 +96,7 @@ class RetryBook:
         self.max_attempts = max_attempts
         self.retry_delay = float(retry_delay)
         self.max_retry_delay = float(max_retry_delay)
+        self.backoff = backoff or Backoff(base=self.retry_delay, cap=self.max_retry_delay)
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[str, ModelFailure] = {}
@@ -156,9 +158,7 @@ class RetryBook:
             attempts = (old.attempts if old else 0) + (1 if counted else 0)
             failures = (old.failures if old else 0) + 1
             given_up = self.max_attempts is not None and attempts >= self.max_attempts
-            next_at = (
-                None if given_up else self._clock() + backoff_delay(failures, self.retry_delay, self.max_retry_delay)
-            )
+            next_at = None if given_up else self._clock() + self.backoff.delay(failures)
             times = ((old.attempted_at if old else ()) + (started_at,))[-KEPT_ATTEMPT_TIMES:]
             record = ModelFailure(model_id, version, attempts, failures, error, given_up, next_at, times)
             self._records[model_id] = record

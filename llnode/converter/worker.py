@@ -31,6 +31,7 @@ from llnode.converter.logic import ConverterLogic
 from llnode.converter.retries import RetryBook
 from llnode.converter.transfer import ListedModel, convertible_models, upload_model_format
 from llnode.durable import write_json
+from llnode.failure_log import FailureLog
 from llnode.loop.errors import LoopAuthError, LoopConnectionError, LoopHTTPError, LoopRateLimited
 from llnode.loop.exchange import DataExchange
 from llnode.node.restart import NodeNeedsRestartError
@@ -120,6 +121,7 @@ class ConversionWorker:
         self._current: ListedModel | None = None
         self._converted: list[str] = []
         self._list_error: str | None = None
+        self._list_failures = FailureLog(logger, 'listing the models')
         self._cycles = 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -222,9 +224,10 @@ class ConversionWorker:
         except Exception as e:
             error = f'{type(e).__name__}: {e}'
             with self._lock:
-                repeated, self._list_error = self._list_error == error, error
-            logger.log(logging.DEBUG if repeated else logging.WARNING, 'listing the models failed: %s', error)
+                self._list_error = error
+            self._list_failures.failed(error, exc_info=e)  # logged when it starts, once a minute, when it ends
             return
+        self._list_failures.succeeded()
         with self._lock:
             self._list_error = None
             done = set(self._converted)

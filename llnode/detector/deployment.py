@@ -31,6 +31,7 @@ from typing import Any
 from llnode.detector.batching import InferenceWorker
 from llnode.detector.logic import DetectorFactory, DetectorLogic
 from llnode.detector.model_store import ModelStore, RetryBackoff, read_model_info
+from llnode.failure_log import FailureLog
 from llnode.node.errors import Unavailable
 from llnode.node.restart import NodeNeedsRestartError
 from llnode.schema import ModelInformation, VersionMode
@@ -106,6 +107,7 @@ class ModelManager:
         self._worker_options = dict(worker_options or {})
         self.backoff = backoff or RetryBackoff(initial=5.0, maximum=300.0)
         self._name = name
+        self._update_failure_log = FailureLog(logger, f'{name}: model update')
 
         self._lock = threading.Lock()
         # guarded by _lock:
@@ -238,6 +240,9 @@ class ModelManager:
             self.store.clean_leftovers()
             version = self.store.current_version()
             if version is None:
+                problem = self.store.current_problem()
+                if problem is not None:  # a link to a broken folder: the reason belongs in /readyz and /stats
+                    self._set_error(f'Could not load the current model: {problem}')
                 logger.info('%s: no current model', self._name)
                 return None
             try:
@@ -245,8 +250,11 @@ class ModelManager:
             except NodeNeedsRestartError as e:
                 self._restart_needed(e)
                 return None
-            except Exception:
-                logger.exception('%s: building the current model %s failed', self._name, version)
+            except Exception as e:
+                message = f'Could not load model {version}: {_describe(e)}'
+                logger.warning('%s: %s', self._name, message)  # the cause, for the log, /readyz and /stats
+                logger.debug('%s: loading the current model failed', self._name, exc_info=e)
+                self._set_error(message)
                 return None
             with self._lock:
                 self._active = model
@@ -321,9 +329,11 @@ class ModelManager:
                     self._update_failures += 1
                 delay = self.backoff.failed(target.version)
                 message = f'Could not update model: {_describe(e)}'
-                logger.warning('%s: %s (next try in %.0f s)', self._name, message, delay)
+                self._update_failure_log.failed(message, exc_info=e)  # logged when it starts, then once a minute
+                logger.debug('%s: next model update try in %.1f s', self._name, delay)
                 self._set_error(message)
                 return False
+            self._update_failure_log.succeeded()
             self.backoff.succeeded(target.version)
             self._notify()  # the swap cleared the update error in the same step
             return True

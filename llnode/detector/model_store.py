@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Hashable
 from pathlib import Path, PurePosixPath
 
+from llnode.backoff import Backoff
 from llnode.durable import fsync_dir
 from llnode.schema import ModelInformation, SchemaError
 
@@ -132,6 +133,26 @@ class ModelStore:
         with self._lock:
             return self._current_version()
 
+    def current_problem(self) -> str | None:
+        """Why ``current_model`` exists but names no usable model (for status pages), or None."""
+        with self._lock:
+            link = self.link_path
+            if not link.is_symlink():
+                return None
+            try:
+                pointed = os.readlink(link)
+            except OSError as e:
+                return f'cannot read the link {link}: {e}'
+            version = self._version_of_link(pointed)
+            if version is None:
+                return f'{link} points to {pointed!r}, not to a model folder in {self.models_folder}'
+            if self.has(version):
+                return None
+            folder = self.folder(version)
+            if folder.is_dir():
+                return f'model folder {folder.absolute()} has no {MODEL_JSON}'
+            return f'{link} points to {pointed!r}, which does not exist'
+
     def current_folder(self) -> Path | None:
         """The folder of the current version, or None."""
         version = self.current_version()
@@ -157,6 +178,8 @@ class ModelStore:
             staging = self._new_staging(version)
             try:
                 fetch(staging)
+                if not (staging / MODEL_JSON).is_file():  # name what the operator knows, not the staging folder
+                    raise InvalidModelError(f'the downloaded model {version} has no {MODEL_JSON}')
                 info = read_model_info(staging)
                 _fsync_tree(staging)
                 if info.version != version:
@@ -320,7 +343,7 @@ def read_model_info(folder: Path | str) -> ModelInformation:
     try:
         text = path.read_bytes()
     except FileNotFoundError:
-        raise InvalidModelError(f'{MODEL_JSON} not found in {folder}') from None
+        raise InvalidModelError(f'model folder {folder} has no {MODEL_JSON}') from None
     except OSError as e:
         raise InvalidModelError(f'cannot read {path}: {e}') from e
     try:
@@ -362,11 +385,13 @@ def _delete(path: Path) -> None:
 
 
 class RetryBackoff:
-    """Exponential back-off per key (e.g. a model version): after ``n`` failures in a row the key is not ready
-    again for ``min(maximum, initial * factor ** (n - 1))`` seconds; a success forgets the key.
+    """Back-off per key (e.g. a model version): after ``n`` failures in a row the key is not ready again for
+    ``policy.delay(n)`` seconds (:class:`llnode.backoff.Backoff`: ``min(maximum, initial * factor ** (n - 1))``,
+    less up to a quarter of jitter); a success forgets the key.
 
     Used so a failed download or build is retried, but not in a tight loop (reference weak point C8).
-    ``clock`` (seconds, monotonic) can be injected for tests.
+    ``policy`` replaces the one built from ``initial``, ``maximum`` and ``factor``; ``clock`` (seconds,
+    monotonic) can be injected for tests.
     """
 
     def __init__(
@@ -376,12 +401,17 @@ class RetryBackoff:
         *,
         factor: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        policy: Backoff | None = None,
     ) -> None:
-        if initial < 0 or maximum < initial or factor < 1:
-            raise ValueError(f'bad back-off: initial={initial}, maximum={maximum}, factor={factor}')
-        self.initial = initial
-        self.maximum = maximum
-        self.factor = factor
+        if policy is None:
+            try:
+                policy = Backoff(base=initial, cap=maximum, factor=factor)
+            except ValueError as e:
+                raise ValueError(f'bad back-off: initial={initial}, maximum={maximum}, factor={factor} ({e})') from None
+        self.policy = policy
+        self.initial = policy.base
+        self.maximum = policy.cap
+        self.factor = policy.factor
         self._clock = clock
         self._lock = threading.Lock()
         self._state: dict[Hashable, tuple[int, float]] = {}  # key -> (failures in a row, ready at)
@@ -390,7 +420,7 @@ class RetryBackoff:
         """Record a failure of ``key``; returns the delay before it is ready again."""
         with self._lock:
             failures = self._state.get(key, (0, 0.0))[0] + 1
-            delay = min(self.maximum, self.initial * self.factor ** (failures - 1))
+            delay = self.policy.delay(failures)
             self._state[key] = (failures, self._clock() + delay)
             return delay
 

@@ -33,18 +33,21 @@ from flask import Blueprint
 
 from llnode.config import ConfigError, Settings
 from llnode.detector.batching import InferenceStopped
-from llnode.detector.deployment import UPDATE_ERROR_KEY, ActiveModel, ModelManager, ModelTarget
+from llnode.detector.deployment import UPDATE_ERROR_KEY, ActiveModel, ModelManager, ModelTarget, NotServing
 from llnode.detector.images import check_decodable, decode_image, keep_pillow_blocks, release_pillow_blocks
 from llnode.detector.logic import DetectorFactory
 from llnode.detector.metrics import InferenceMetrics, loop_families, model_families, outbox_families
 from llnode.detector.model_store import ModelStore, RetryBackoff, is_version
 from llnode.detector.openapi import describe_detector
+from llnode.detector.options import check_autoupload, checked_tags
 from llnode.detector.outbox import Outbox, OutboxClosed, OutboxFull
 from llnode.detector.relevance import RelevanceFilter
 from llnode.detector.rest import detector_blueprints
 from llnode.detector.socket_events import register_socket_events
 from llnode.detector.status_sync import StatusReporter
 from llnode.detector.version_choice import VersionChoice, load_choice, save_choice
+from llnode.failure_log import FailureLog
+from llnode.loop.causes import http_cause, loop_cause
 from llnode.loop.errors import LoopError, LoopHTTPError
 from llnode.node.errors import BadRequest, InsufficientStorage, Unavailable, Unprocessable
 from llnode.node.identity import node_key
@@ -68,9 +71,6 @@ if TYPE_CHECKING:
     from llnode.loop.http import LoopClient
 
 logger = logging.getLogger('llnode.detector')
-
-#: ``autoupload`` values (loop-protocol §4.4); ``filtered`` is the default
-AUTOUPLOAD_MODES = ('filtered', 'all', 'disabled')
 
 #: the tag explicit uploads carry (reference)
 PICKED_BY_SYSTEM = 'picked_by_system'
@@ -205,7 +205,17 @@ class DetectorNode(Node):
         if saved is not None:  # the operator's last choice wins over VERSION_CONTROL_DEFAULT
             self._apply_version_choice(saved)
             logger.info('%s: version control %s (saved choice)', self.name, self.models.version_mode.value)
-        self._status = StatusReporter(self._send_status, name=f'llnode-status-{self.key}')
+        #: the periodic Loop calls and their ongoing failures (logged once a minute, named by /readyz and /stats)
+        self.loop_failures = {
+            'status_sync': FailureLog(logger, f'{self.name}: status sync'),
+            'deployment_target': FailureLog(logger, f'{self.name}: getting the deployment target'),
+        }
+        self._status = StatusReporter(
+            self._send_status,
+            name=f'llnode-status-{self.key}',
+            failures=self.loop_failures['status_sync'],
+            describe=lambda error: loop_cause(error, self.settings),
+        )
         register_socket_events(self)
 
     @property
@@ -247,8 +257,22 @@ class DetectorNode(Node):
             logger.warning('%s: some detector threads did not end in time', self.name)
 
     def is_ready(self) -> bool:
-        self.models.serving()  # raises Unavailable with the reason
+        try:
+            self.models.serving()
+        except NotServing as e:  # the reference's message, and what keeps the model away where it is known
+            cause = self.models.errors().get(UPDATE_ERROR_KEY) or self.loop_problem()
+            if cause is None:
+                raise
+            raise NotServing(f'{e.detail}: {cause}', headers=e.headers) from None
         return True
+
+    def loop_problem(self) -> str | None:
+        """Why talking to the Loop fails now (the first ongoing failure of the periodic calls), or None."""
+        for failures in self.loop_failures.values():
+            cause = failures.cause
+            if cause is not None:
+                return cause
+        return None
 
     def blueprints(self) -> list[Blueprint]:
         return [*super().blueprints(), *detector_blueprints(self)]
@@ -285,7 +309,7 @@ class DetectorNode(Node):
     ) -> list[ImageMetadata]:
         """The detections for several images, in their order; tags, source, date and camera apply to each."""
         check_autoupload(autoupload)
-        tag_list = _checked_tags(tags)
+        tag_list = checked_tags(tags)
         self.models.serving()  # "no model" comes before any decoding (reference 0.27)
         arrays = [
             decode_image(image) if isinstance(image, (bytes, bytearray, memoryview)) else image for image in images
@@ -301,6 +325,12 @@ class DetectorNode(Node):
     def _infer(self, images: list[np.ndarray]) -> list[ImageMetadata]:
         for attempt in (1, 2):
             model = self.models.serving()
+            capacity = model.worker.max_queue
+            if len(images) > capacity:  # it could never be queued: the client's error, not a busy detector
+                raise Unprocessable(
+                    f'a batch of {len(images)} images is more than the inference queue holds ({capacity}); '
+                    f'send at most {capacity}'
+                )
             try:
                 return model.worker.evaluate_many(images, timeout=self.inference_timeout)
             except NodeNeedsRestartError as e:
@@ -503,7 +533,7 @@ class DetectorNode(Node):
         target = self.models.target
         return AboutResponse(
             operation_mode=self.operation_mode.value,
-            state='online',
+            state='online' if self.loop_problem() is None else 'offline',  # NodeState: the Loop cannot be used
             model_info=None if model is None else model.info,
             target_model=None if target is None else target.version,
             version_control=self.models.version_mode.value,
@@ -529,6 +559,7 @@ class DetectorNode(Node):
         stats['model'] = self.stats_section('model', lambda: self._model_stats(active))
         stats['inference'] = self.stats_section('inference', lambda: _inference_stats(active))
         stats['outbox'] = self.stats_section('outbox', self.outbox.stats)
+        stats['loop'] = self.stats_section('loop', self._loop_stats)
         cameras = getattr(self.relevance_filter, 'cameras', None)
         if callable(cameras):
             stats['relevance_filter'] = self.stats_section('relevance_filter', lambda: {'cameras': len(cameras())})
@@ -558,6 +589,12 @@ class DetectorNode(Node):
                 )
             ],
         )
+
+    def _loop_stats(self) -> dict[str, Any]:
+        return {
+            'problem': self.loop_problem(),
+            **{name: failures.stats() for name, failures in self.loop_failures.items()},
+        }
 
     def _model_stats(self, active: ActiveModel | None) -> dict[str, Any]:
         target = self.models.target
@@ -633,31 +670,34 @@ class DetectorNode(Node):
         status = self.status()
         response = self._loop().post(self._project('/detectors'), json=status.to_dict(), **self._loop_kwargs())
         response.close()
-        if response.status_code != 200:
-            logger.warning('%s: status sync answered %d', self.name, response.status_code)
+        if response.status_code != 200:  # the status reporter records it (an unknown project answers 404)
+            raise LoopHTTPError('POST', response.url, response.status_code, response.text)
 
     def _poll_deployment_target(self) -> None:
+        failures = self.loop_failures['deployment_target']
         try:
             response = self._loop().get(self._project('/deployment/target'), **self._loop_kwargs())
         except LoopError as e:
-            logger.warning('%s: could not get the deployment target: %s', self.name, e)
+            failures.failed(loop_cause(e, self.settings), exc_info=e)
             return
         with response:
             if response.status_code == 404:
-                logger.debug('%s: the Loop has no deployment target', self.name)
+                logger.debug('%s: the Loop has no deployment target (%s)', self.name, response.text[:200])
+                failures.succeeded()
                 return
             if response.status_code != 200:
-                logger.warning('%s: deployment target answered %d', self.name, response.status_code)
+                failures.failed(http_cause(response.status_code, response.text, self.settings, 'the deployment target'))
                 return
             try:
                 body = response.json()
                 target = ModelTarget(id=str(body['model_uuid']), version=str(body['version']))
             except (ValueError, KeyError, TypeError):
-                logger.warning('%s: unusable deployment target %r', self.name, response.text[:200])
+                failures.failed(f'the Loop sent an unusable deployment target {response.text[:200]!r}')
                 return
         if not is_version(target.version):
-            logger.warning('%s: the Loop deploys an invalid version %r', self.name, target.version)
+            failures.failed(f'the Loop deploys an invalid version {target.version!r}')
             return
+        failures.succeeded()
         self.models.set_loop_target(target)
 
     def _download_model(self, target: ModelTarget, folder: Path) -> None:
@@ -670,21 +710,6 @@ def _inference_stats(active: ActiveModel | None) -> dict[str, Any] | None:
     if active is None:
         return None
     return {'model_version': active.version, **active.worker.stats()}
-
-
-def check_autoupload(value: Any) -> str:
-    if value not in AUTOUPLOAD_MODES:
-        raise Unprocessable(f'autoupload must be one of {", ".join(AUTOUPLOAD_MODES)}, got {value!r}')
-    return str(value)
-
-
-def _checked_tags(tags: Iterable[str]) -> list[str]:
-    if isinstance(tags, str):
-        raise Unprocessable('tags must be a list of strings, got one string')
-    tag_list = list(tags)
-    if not all(isinstance(tag, str) for tag in tag_list):
-        raise Unprocessable(f'tags must be strings, got {tag_list!r}')
-    return tag_list
 
 
 def _finished(result: ImageMetadata, tags: list[str], source: str | None, created: str | None) -> ImageMetadata:

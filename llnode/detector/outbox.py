@@ -13,8 +13,10 @@ Two threads, both named ``llnode-outbox-...``:
   ``POST /api/{org}/projects/{project}/images`` back to back while items wait, and waits for new items when
   there are none. A batch that is not full waits up to ``gather_s`` (0.1 s) for more items first, so that
   images trickling in from autoupload go 20 to a request instead of one each. A 2xx deletes the batch; a 422 splits it until the single refused item is moved to
-  ``rejected/``; 429, 5xx, other statuses and network errors keep everything and back off exponentially
-  (``Retry-After`` honoured, capped at ``max_backoff``). An item whose files are missing or unreadable moves to
+  ``rejected/``; a 401 logs in again; 408, 409, 429, 5xx and network errors keep everything and back off
+  exponentially with jitter (:class:`llnode.backoff.Backoff`, ``Retry-After`` honoured, capped at
+  ``max_backoff``). Any other 4xx (400, 403, 404, ...) will not succeed by waiting: the items of a batch
+  refused so ``max_refusals`` times in a row move to ``rejected/``. An item whose files are missing or unreadable moves to
   ``rejected/`` without blocking the ones behind it.
 
 Every image that does not make it into or through the outbox is counted in ``stats()['dropped']`` by reason:
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from llnode.backoff import Backoff
 from llnode.config import Settings
 from llnode.detector.outbox_disk import (
     QUEUES,
@@ -49,6 +52,7 @@ from llnode.detector.outbox_disk import (
     jpg_name,
     json_name,
 )
+from llnode.failure_log import FailureLog
 from llnode.loop.errors import LoopError
 from llnode.loop.http import LoopClient, retry_after_seconds
 from llnode.priority import lower_current_thread_priority
@@ -63,6 +67,12 @@ JSON_PART_TYPE = 'text/plain; charset=utf-8'
 JPEG_PART_TYPE = 'image/jpeg'
 #: Shortest wait before a retry, so that ``Retry-After: 0`` cannot make the uploader spin.
 MIN_RETRY_DELAY = 0.1
+
+#: 4xx answers that are worth waiting out (408, 409, 429), or handled on their own (401: log in, 422: split).
+RETRIED_CLIENT_ERRORS = frozenset({401, 408, 409, 422, 429})
+
+#: Times an item may be refused with another 4xx before it moves to ``rejected/``.
+MAX_REFUSALS = 5
 
 ImageInput = bytes | np.ndarray
 
@@ -159,6 +169,7 @@ class Outbox:
         upload_timeout: float = 30.0,
         max_backoff: float = 60.0,
         min_backoff: float = 1.0,
+        max_refusals: int = MAX_REFUSALS,
         writer_queue: int = 256,
         mode: OutboxMode | str = OutboxMode.CONTINUOUS_UPLOAD,
     ) -> None:
@@ -174,8 +185,9 @@ class Outbox:
         self.upload_timeout = upload_timeout
         self.max_backoff = max_backoff
         self.min_backoff = min_backoff
+        self.max_refusals = max_refusals
         self.writer_queue = writer_queue
-        for name in ('max_normal', 'max_priority', 'max_rejected', 'batch_size', 'writer_queue'):
+        for name in ('max_normal', 'max_priority', 'max_rejected', 'batch_size', 'writer_queue', 'max_refusals'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be a positive integer, got {value!r}')
@@ -184,6 +196,10 @@ class Outbox:
         for name in ('upload_timeout', 'max_backoff', 'min_backoff'):
             if not getattr(self, name) > 0:
                 raise ValueError(f'{name} must be a positive number of seconds, got {getattr(self, name)!r}')
+        if min_backoff > max_backoff:
+            raise ValueError(f'min_backoff ({min_backoff}) must not exceed max_backoff ({max_backoff})')
+        #: the uploader's retry policy (jittered: detectors that lost the Loop together do not retry together)
+        self.backoff = Backoff(base=min_backoff, cap=max_backoff, retry_after_floor=MIN_RETRY_DELAY)
 
         self._mode = OutboxMode(mode)
         self._lock = threading.Lock()  # owns every attribute below that the threads share
@@ -192,6 +208,8 @@ class Outbox:
         self._items: dict[str, tuple[str, int]] = {}  # id -> (queue, bytes)
         self._rejected: list[str] = []
         self._in_flight: set[str] = set()
+        self._refusals: dict[str, int] = {}  # item id -> refusals in a row (uploader thread only)
+        self._upload_failures = FailureLog(logger, 'outbox upload')
         self._reserved_priority = 0
         self._bytes_waiting = 0
         self._pending = 0
@@ -547,15 +565,14 @@ class Outbox:
                     self._in_flight.clear()
             if retry is None:
                 failures = 0
+                self._upload_failures.succeeded()
                 continue
             if not retry.counts:
                 continue
             failures += 1
-            if retry.delay is not None:
-                delay = min(self.max_backoff, max(MIN_RETRY_DELAY, retry.delay))
-            else:
-                delay = min(self.max_backoff, self.min_backoff * 2 ** min(failures - 1, 30))
-            logger.warning('outbox upload failed (%s); retrying in %.1f s', retry.error, delay)
+            delay = self.backoff.delay(failures, retry_after=retry.delay)
+            self._upload_failures.failed(retry.error)  # logged when it starts, then once a minute, and when it ends
+            logger.debug('outbox upload failed (%s); retrying in %.1f s', retry.error, delay)
             with self._changed:
                 self._counts['upload_errors'] += 1
                 self._last_error = retry.error
@@ -629,13 +646,42 @@ class Outbox:
                 return None
             half = len(items) // 2
             return self._post(items[:half]) or self._post(items[half:])
-        return _Retry(f'POST {path} answered {status}: {body}', delay)
+        error = f'POST {path} answered {status}: {body}'
+        if status == 401:
+            self._log_in_again()
+        elif 400 <= status < 500 and status not in RETRIED_CLIENT_ERRORS:
+            self._count_refusal(items, error)
+        return _Retry(error, delay)
+
+    def _log_in_again(self) -> None:
+        """The Loop wants a (new) session for uploads: log in, so that the retry carries it."""
+        if not self.settings.username:
+            return
+        try:
+            self._client.login(timeout=self.upload_timeout)
+        except LoopError as e:
+            logger.warning('outbox: logging in to the Loop again failed: %s', e)
+
+    def _count_refusal(self, items: list[tuple[str, ItemData]], error: str) -> None:
+        """A 4xx that waiting will not cure: after ``max_refusals`` of them in a row an item moves to rejected/."""
+        for queue_name, item in items:
+            refusals = self._refusals.get(item.item_id, 0) + 1
+            if refusals < self.max_refusals:
+                self._refusals[item.item_id] = refusals
+                continue
+            self._refusals.pop(item.item_id, None)
+            logger.warning(
+                'outbox item %s was refused %d times (%s); moving it to rejected/', item.item_id, refusals, error
+            )
+            self._move_to_rejected(queue_name, item.item_id, f'refused {refusals} times: {error}')
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
 
     def _delivered(self, items: list[tuple[str, ItemData]]) -> None:
         for queue_name in QUEUES:
             self._folders.delete_items(queue_name, [item.item_id for q, item in items if q == queue_name])
+        for _, item in items:
+            self._refusals.pop(item.item_id, None)
         with self._changed:
             for queue_name, item in items:
                 self._unqueue_locked(queue_name, item.item_id)

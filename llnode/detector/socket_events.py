@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from llnode.detector.deployment import NotServing
 from llnode.detector.images import ImageDecodeError, ImagePayloadError, ImageTooLargeError, image_from_dict
+from llnode.detector.options import check_autoupload, checked_text
 from llnode.node.errors import NodeHTTPError
 from llnode.node.metrics import LabelledCounts
 from llnode.schema import ImageMetadata, OutboxMode, SchemaError
@@ -72,13 +73,14 @@ def _answering(event: str, handler: Callable[[Any], Any], counts: LabelledCounts
 
 
 def _detect_options(data: Mapping[str, Any]) -> dict[str, Any]:
-    tags = data.get('tags') or []
+    """The options of ``detect``/``batch_detect``; one of the wrong type is an error that names it."""
+    tags = data.get('tags')
     return {
-        'camera_id': data.get('camera_id', data.get('camera-id')),
-        'tags': tags,
-        'source': data.get('source'),
-        'autoupload': data.get('autoupload') or 'filtered',
-        'creation_date': data.get('creation_date'),
+        'camera_id': checked_text('camera_id', data.get('camera_id', data.get('camera-id'))),
+        'tags': [] if tags is None or tags == '' else tags,  # an empty string as "no tags" (reference)
+        'source': checked_text('source', data.get('source')),
+        'autoupload': check_autoupload(data.get('autoupload') or 'filtered'),
+        'creation_date': checked_text('creation_date', data.get('creation_date')),
     }
 
 
@@ -92,8 +94,9 @@ def _detect(node: DetectorNode, data: Any) -> Any:
     try:
         payload = _payload(data)
         node.models.serving()  # "no model" before any parsing (reference 0.27)
+        options = _detect_options(payload)
         image = image_from_dict(payload.get('image'))
-        return node.detect(image, **_detect_options(payload)).to_dict()
+        return node.detect(image, **options).to_dict()
     except _IMAGE_ERRORS as e:
         return {'error': f'could not parse image from data: {e.detail}'}
     except NotServing as e:
@@ -107,8 +110,9 @@ def _batch_detect(node: DetectorNode, data: Any) -> Any:
         images = payload.get('images')
         if not isinstance(images, list):
             raise ImagePayloadError(f'"images" must be a list of image dicts, got {type(images).__name__}')
+        options = _detect_options(payload)  # a wrong option fails before any image is decoded
         parsed = [image_from_dict(image) for image in images]
-        results = node.batch_detect(parsed, **_detect_options(payload))
+        results = node.batch_detect(parsed, **options)
         return {'items': [result.to_dict() for result in results]}
     except _IMAGE_ERRORS as e:
         return {'error': f'could not parse images from data: {e.detail}'}

@@ -11,14 +11,29 @@ import logging
 import threading
 from collections.abc import Callable
 
+from llnode.failure_log import FailureLog
+
 logger = logging.getLogger('llnode.detector.status')
 
 
 class StatusReporter:
-    """Calls ``send()`` in a named thread each time a sync was requested (bursts coalesce into one call)."""
+    """Calls ``send()`` in a named thread each time a sync was requested (bursts coalesce into one call).
 
-    def __init__(self, send: Callable[[], object], *, name: str) -> None:
+    Failures go to ``failures`` (a :class:`~llnode.failure_log.FailureLog`: logged when they start, then once a
+    minute, and when they end), with ``describe(error)`` as their cause.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[], object],
+        *,
+        name: str,
+        failures: FailureLog | None = None,
+        describe: Callable[[Exception], str] = str,
+    ) -> None:
         self._send = send
+        self.failures = failures or FailureLog(logger, 'status sync')
+        self._describe = describe
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -67,7 +82,9 @@ class StatusReporter:
             except Exception as e:
                 self.failed += 1
                 self.last_ok = False
-                logger.warning('status sync failed: %s', e)
+                self.failures.failed(self._describe(e), exc_info=e)
+            else:
+                self.failures.succeeded()
             with self._lock:
                 if not self._pending:
                     self._idle.set()

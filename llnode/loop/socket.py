@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import logging
 import queue
-import random
 import ssl
 import threading
 import time
@@ -44,9 +43,13 @@ import requests
 import socketio
 import websocket
 
+from llnode.backoff import Backoff
+from llnode.failure_log import FailureLog
 from llnode.logs import QuietLogger, socketio_loggers
+from llnode.loop.causes import loop_cause
 from llnode.loop.errors import LoopConnectionError, LoopError, LoopTimeout
 from llnode.loop.tls_duplex import SerialTlsSocket
+from llnode.polling_limit import raise_polling_packet_limit
 
 logger = logging.getLogger('llnode.loop.socket')
 
@@ -65,9 +68,6 @@ ENVELOPE_KEYS = frozenset({'success', 'error_msg', 'payload'})
 #: Budget of the readiness probe: one failed ``GET /api/status`` aborts the attempt.
 READINESS_TIMEOUT = 5.0
 
-#: Delays are drawn from ``[JITTER_LOW, 1] * delay`` so that many nodes do not retry in lockstep.
-JITTER_LOW = 0.75
-
 #: Events that may wait in one lane behind the one it runs; one more is refused with an error ack.
 LANE_CAPACITY = 64
 
@@ -75,12 +75,6 @@ LANE_CAPACITY = 64
 #: with an error ack instead of being run, so the lane catches up instead of replaying old input.
 LANE_MAX_WAIT = 30.0
 
-#: Packets one long-polling answer may carry. The server sends everything it queued in one answer, and engineio's
-#: default of 16 (``engineio.payload.Payload.max_decode_packets``, a class attribute and the only setting there
-#: is) makes the client drop the connection, and the events in it, after a burst of more (an event with a binary
-#: attachment takes two). Raised process-wide when the first Loop socket is built, never lowered; it also bounds
-#: what a client may POST to a node's own Socket.IO server, whose body stays limited to 64 MiB anyway.
-POLLING_MAX_PACKETS = 512
 
 #: How long a disconnect waits for the client's dispatcher thread to finish the packet it is on.
 DISPATCH_JOIN_TIMEOUT = 5.0
@@ -505,7 +499,10 @@ class LoopSocket:
         self._node_type = node_type
         self._request_timeout = request_timeout
         self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        # jittered (llnode.backoff), so that many nodes that lost the Loop together do not retry in lockstep
+        self._backoff = Backoff(base=backoff_initial, cap=backoff_max)
+        # a Loop that stays away is logged when it goes, once a minute while it is away, and when it is back
+        self._connect_failures = FailureLog(logger, f'connecting to the Loop as {node_type}')
         self._transports = list(transports) if transports is not None else None
 
         self._connect_lock = threading.Lock()
@@ -542,6 +539,17 @@ class LoopSocket:
         """Connection attempts made so far (each runs the whole reconnect procedure)."""
         with self._state_lock:
             return self._attempts
+
+    @property
+    def retry_in(self) -> float:
+        """Seconds until the back-off allows the next connection attempt (0 when one may run now)."""
+        with self._state_lock:
+            return max(0.0, self._next_attempt_at - time.monotonic())
+
+    @property
+    def problem(self) -> str | None:
+        """Why connecting fails, in an operator's words (``the Loop refused login for user 'x' (401)``), or None."""
+        return self._connect_failures.cause
 
     @property
     def last_error(self) -> str | None:
@@ -721,18 +729,19 @@ class LoopSocket:
         except Exception as e:
             with self._state_lock:
                 self._failures += 1
-                delay = min(self._backoff_max, self._backoff_initial * 2 ** min(self._failures - 1, 30))
-                delay *= random.uniform(JITTER_LOW, 1.0)
+                delay = self._backoff.delay(self._failures)
                 self._next_attempt_at = time.monotonic() + delay
                 self._last_error = str(e) or type(e).__name__
                 if self._sio is not None:
                     self._broken = True
-            logger.warning('connecting to the Loop failed (attempt %d): %s; next attempt in %.1f s', attempt, e, delay)
+            self._connect_failures.failed(loop_cause(e, self._client.settings), exc_info=e)
+            logger.debug('connecting to the Loop failed (attempt %d): %s; next attempt in %.1f s', attempt, e, delay)
             raise
         with self._state_lock:
             self._failures = 0
             self._next_attempt_at = started + self._backoff_initial
             self._last_error = None
+        self._connect_failures.succeeded()
         logger.info('connected to the Loop at %s as %s', self._client.settings.socket_url, self._node_type)
 
     def _procedure(self) -> None:
@@ -805,8 +814,7 @@ class LoopSocket:
             **socketio_loggers('llnode.loop.socket'),
         )
         sio.event_runner = self._run_event
-        payload = engineio.payload.Payload
-        payload.max_decode_packets = max(payload.max_decode_packets, POLLING_MAX_PACKETS)
+        raise_polling_packet_limit()  # a burst of queued events arrives in one long-polling answer
         sio.on('connect', self._internal('connect', sio))
         sio.on('disconnect', self._internal('disconnect', sio))
         sio.on('connect_error', self._internal('connect_error', sio))

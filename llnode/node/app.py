@@ -30,6 +30,7 @@ from llnode.node.docs_page import docs_page
 from llnode.node.errors import BadRequest, NodeHTTPError
 from llnode.node.metrics import UNMATCHED_ROUTE
 from llnode.node.multipart import InMemoryFormDataParser
+from llnode.polling_limit import raise_polling_packet_limit
 
 if TYPE_CHECKING:
     from llnode.node.node import Node
@@ -76,19 +77,66 @@ class _EngineIOServer(engineio.Server):
         return thread
 
 
+#: Characters of a malformed packet quoted in its log line.
+PACKET_PREVIEW_CHARS = 60
+
+
+class MalformedPacket(ValueError):
+    """A Socket.IO packet that decodes but cannot be an event (no list, no name, a name that is no string)."""
+
+
 class _SocketIOServer(socketio.Server):
+    """python-socketio's server that drops a malformed packet with one warning line.
+
+    python-socketio lets decoding errors escape into engineio's handler thread (a traceback per packet) and
+    hands an event whose name is not a string to a thread that dies on it (``42[{"a":1}]``: unhashable dict).
+    """
+
     def _engineio_server_class(self) -> type[engineio.Server]:
         return _EngineIOServer
+
+    def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            super()._handle_eio_message(eio_sid, data)
+        except Exception as e:  # only decoding and dispatch run here; the handlers run in threads of their own
+            reason = ' '.join(str(e).split())[:200] or type(e).__name__
+            logger.warning('dropped a malformed Socket.IO packet from %s (%s): %s', eio_sid, _preview(data), reason)
+
+    def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
+        if not isinstance(data, list) or not data or not isinstance(data[0], str):
+            raise MalformedPacket('an event must be a JSON list that starts with the event name, a string')
+        super()._handle_event(eio_sid, namespace, id, data)
+
+
+def _preview(data: Any) -> str:
+    if isinstance(data, (bytes, bytearray)):
+        return f'{len(data)} bytes of binary attachment'
+    text = str(data)
+    return repr(text[:PACKET_PREVIEW_CHARS]) + (
+        f' ... {len(text)} characters' if len(text) > PACKET_PREVIEW_CHARS else ''
+    )
+
+
+def _unknown_event(event: str, sid: str, *args: Any) -> dict[str, str]:
+    """The answer to an event no handler is registered for (python-socketio would not acknowledge it at all)."""
+    logger.info('Socket.IO client %s sent the unknown event %r', sid, event[:PACKET_PREVIEW_CHARS])
+    return {'error': f'unknown event {event!r}'}
 
 
 def create_socketio_server() -> socketio.Server:
     """The node's Socket.IO server (threading mode, 64 MiB messages, the library's default CORS policy).
 
     WebSocket upgrades are allowed; a node served by waitress switches them off (see ``Node.websocket_enabled``).
+    A long-polling POST may carry up to :data:`~llnode.polling_limit.POLLING_MAX_PACKETS` packets (a batch of
+    images with binary attachments), a malformed packet is dropped with one warning, and an unknown event is
+    acknowledged with ``{"error": "unknown event 'x'"}``.
     """
-    return _SocketIOServer(
+    raise_polling_packet_limit()
+    server = _SocketIOServer(
         async_mode='threading', max_http_buffer_size=SOCKETIO_MAX_BUFFER, **socketio_loggers('llnode.node')
     )
+    server.on('*', _unknown_event)
+    return server
 
 
 class _InMemoryRequest(Request):
@@ -97,6 +145,9 @@ class _InMemoryRequest(Request):
     bodies are split directly (:mod:`llnode.node.multipart`)."""
 
     form_data_parser_class = InMemoryFormDataParser
+    #: werkzeug refuses a body of more than 1,000 parts with 413; a form with 1,000 small fields before its file
+    #: is fine for the reference. The body's size stays bounded by ``MAX_CONTENT_LENGTH``.
+    max_form_parts = 10_000
 
     def _get_file_stream(
         self,
@@ -197,8 +248,13 @@ def common_blueprint(node: Node) -> Blueprint:
     @blueprint.get('/readyz')
     def readyz() -> Response:
         """Readiness: the node can do its job now (running, Loop link up where needed, its own ``is_ready()``)."""
-        problem = node.readiness_problem()
+        try:
+            problem = node.readiness_problem()
+        except NodeHTTPError as e:  # the node's own reason (no model yet): a probe's answer, not a failure to log
+            logger.debug('GET /readyz -> %d: %s', e.status, e.detail)
+            return json_response({'detail': e.detail}, e.status, e.headers)
         if problem is not None:
+            logger.debug('GET /readyz -> 503: %s', problem)
             return json_response({'detail': problem}, 503)
         return json_response({'status': 'ready'})
 

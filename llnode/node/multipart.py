@@ -62,7 +62,9 @@ def _parse_headers(block: bytes) -> Headers | None:
     try:
         text = block.decode()
     except UnicodeDecodeError:
-        return None
+        # A client that writes its filename in its local 8-bit encoding (``filename="\xe9t\xe9.jpg"``): read it
+        # as latin-1, as HTTP headers are, so the part is kept (the reference answers 200) instead of lost.
+        text = block.decode('latin-1')
     headers = Headers()
     for line in text.split('\r\n'):
         name, colon, value = line.partition(':')

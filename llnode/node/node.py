@@ -311,7 +311,8 @@ class Node:
 
         Here: ``name``, ``uuid``, ``node_type``, ``uptime_s`` (seconds since ``start()``, 0 before), ``state``
         (``new``, ``starting``, ``running``, ``stopping`` or ``stopped``), ``muted`` (the repeat cycle) and, for
-        nodes with a Loop socket, ``loop``: ``connected`` and ``last_error`` (why the link is down, or None).
+        nodes with a Loop socket, ``loop``: ``connected``, ``last_error`` (why the link is down, or None) and
+        ``problem`` (the same in an operator's words, e.g. ``the Loop refused login for user 'x' (401)``).
         Subclasses add their sections to ``super().stats()``, each built with :meth:`stats_section`, so a section
         that fails reads ``{"error": "..."}`` and the rest still answers.
         """
@@ -436,7 +437,8 @@ class Node:
         if self.needs_loop_socket:
             link = self.loop_socket
             if link is None or not link.connected:
-                return 'not connected to the Loop'
+                cause = None if link is None else getattr(link, 'problem', None) or link.last_error
+                return 'not connected to the Loop' + (f': {cause}' if cause else '')
         try:
             ready = self.is_ready()
         except NodeHTTPError:
@@ -644,8 +646,8 @@ class Node:
     def _loop_stats(self) -> dict[str, Any]:
         link = self.loop_socket
         if link is None:  # not started yet, stopped, or muted
-            return {'connected': False, 'last_error': None}
-        return {'connected': link.connected, 'last_error': link.last_error}
+            return {'connected': False, 'last_error': None, 'problem': None}
+        return {'connected': link.connected, 'last_error': link.last_error, 'problem': getattr(link, 'problem', None)}
 
     def _log_stats_failure(self, section: str, message: str, error: Exception) -> None:
         key = (section, message)

@@ -12,6 +12,8 @@ import math
 import threading
 from collections.abc import Callable
 
+from llnode.failure_log import FailureLog
+
 logger = logging.getLogger('llnode.node.repeat')
 
 #: Seconds between the end of one cycle and the start of the next (reference: ``repeat_loop_cycle_sec``).
@@ -94,7 +96,8 @@ class RepeatThread:
         return True
 
     def _loop(self) -> None:
-        last_error: str | None = None
+        # a failing cycle: its traceback once, then a line a minute with a count, and one when it works again
+        failures = FailureLog(logger, f'{self.name}: repeat cycle', start_traceback=True)
         while not self._stop.is_set():
             self._wake.clear()
             if not self._muted.is_set():
@@ -102,13 +105,8 @@ class RepeatThread:
                     self._cycle()
                 except Exception as e:
                     self._failures += 1
-                    error = f'{type(e).__name__}: {e}'
-                    if error == last_error:
-                        logger.warning('repeat cycle failed again: %s', error)
-                    else:
-                        logger.exception('repeat cycle failed')
-                    last_error = error
+                    failures.failed(f'{type(e).__name__}: {e}', exc_info=e)
                 else:
-                    last_error = None
+                    failures.succeeded()
                 self._cycles += 1
             self._wake.wait(self.interval)

@@ -7,7 +7,8 @@ lacks):
 
 - success: the stage's error and attempts are cleared, the state moves on;
 - any other exception: the error is recorded, the state goes back to where the stage started, and the stage is
-  retried after ``retry_delay * 2**(n-1)`` seconds (at most ``max_retry_delay``) for the n-th failure in a row;
+  retried after ``retry_delay * 2**(n-1)`` seconds (at most ``max_retry_delay``, with jitter:
+  :class:`llnode.backoff.Backoff`) for the n-th failure in a row;
   after ``max_attempts`` failures the training is given up: cleanup, with the error kept in the status. Failures
   that only say the Loop is unavailable (no connection, a timeout, 5xx, 408, 429) are retried the same way but
   do not count toward ``max_attempts``: an outage of the Loop is waited out, it never throws a finished
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llnode.backoff import Backoff
 from llnode.loop.errors import LoopConnectionError, LoopHTTPError, LoopRateLimited
 from llnode.loop.exchange import DataExchange
 from llnode.node.restart import NodeNeedsRestartError
@@ -87,11 +89,6 @@ def is_loop_unavailable(error: BaseException) -> bool:
     return isinstance(error, LoopHTTPError) and (error.status >= 500 or error.status in (408, 429))
 
 
-def retry_delay(failures: int, base: float = RETRY_DELAY, maximum: float = MAX_RETRY_DELAY) -> float:
-    """Seconds before the retry after ``failures`` failures in a row: 5, 10, 20, ... up to 300."""
-    return float(min(maximum, base * 2 ** min(max(failures, 1) - 1, 30)))
-
-
 @dataclass
 class Snapshot:
     """The machine as the status shows it."""
@@ -134,6 +131,7 @@ class TrainingMachine:
         thread_name: str = 'llnode-trainer',
         slot: TrainingSlot | None = None,
         on_restart_needed: Callable[[NodeNeedsRestartError], None] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
             raise ValueError(f'max_attempts must be a positive integer or None (no limit), got {max_attempts!r}')
@@ -153,6 +151,8 @@ class TrainingMachine:
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
+        #: the stage retries' policy (``backoff`` wins over ``retry_delay``/``max_retry_delay``)
+        self.backoff = backoff or Backoff(base=retry_delay, cap=max_retry_delay)
         self.metrics_interval = metrics_interval
         self.keep_old_trainings = keep_old_trainings
         if slot is None:
@@ -522,7 +522,7 @@ class TrainingMachine:
                 'training %s: %s failed %d times (%s); giving the training up', training.id, key, failures, message
             )
             return
-        delay = retry_delay(streak, self.retry_delay, self.max_retry_delay)
+        delay = self.backoff.delay(streak)
         logger.warning(
             'training %s: %s failed (%s): %s; retrying in %.1f s',
             training.id,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint
 
 from llnode.config import Settings
+from llnode.failure_log import FailureLog
 from llnode.loop.errors import LoopConnectionError, LoopError
 from llnode.loop.exchange import DataExchange
 from llnode.node.errors import Unavailable
@@ -139,6 +140,7 @@ class TrainerNode(Node):
             on_restart_needed=self.restart_needed,
         )
         self._status_lock = threading.Lock()  # guards _reported_state and _idle_since
+        self._status_failures = FailureLog(logger, f'{name}: update_trainer')
         self._reported_state: str | None = None
         self._idle_since: float | None = None
         # One lane: a stop or abort sent right after begin_training finds the training begun (the handlers only
@@ -242,8 +244,9 @@ class TrainerNode(Node):
         try:
             ack = link.call('update_trainer', status.to_dict(), timeout=STATUS_TIMEOUT)
         except LoopError as e:
-            logger.warning('%s: update_trainer failed: %s', self.name, e)
+            self._status_failures.failed(str(e), exc_info=e)  # logged when it starts, then once a minute
             return False
+        self._status_failures.succeeded()
         if isinstance(ack, dict) and ack.get('success') is False:
             link.mark_broken(f'the Loop refused update_trainer: {ack.get("error_msg")}')
             return False

@@ -122,7 +122,7 @@ def test_stats_count_the_frontends_with_a_history(
     client = node.flask_app.test_client()
     stats = client.get('/stats').get_json()
     assert (stats['node_type'], stats['annotator']) == ('annotation_node', {'frontends': 0})
-    assert stats['loop'] == {'connected': True, 'last_error': None}
+    assert stats['loop'] == {'connected': True, 'last_error': None, 'problem': None}
     image, cat = demo_image(local_loop), category(local_loop)
     for frontend in ('a', 'b', 'a'):
         send(local_loop, node, user_input(frontend, 'mouse_move', image['id'], cat))

@@ -68,7 +68,7 @@ def test_converts_the_models_that_lack_the_target_and_gives_a_broken_one_up_with
     calls = logic.calls_for(broken)
     assert len(calls) == 3
     gaps = [later - earlier for earlier, later in itertools.pairwise(calls)]
-    assert gaps[0] >= 0.3 * 0.95 and gaps[1] >= 0.6 * 0.95, gaps  # 0.3 s, then doubled
+    assert gaps[0] >= 0.3 * 0.7 and gaps[1] >= 0.6 * 0.7, gaps  # 0.3 s, then doubled (less up to 25 % jitter)
     # the worker listed far more often than it tried the broken model: attempts are spaced, not every cycle
     cycles = node.worker.cycles
     assert cycles >= 10, cycles
@@ -124,7 +124,7 @@ def test_stats_count_converted_and_failed_models(local_loop: LocalLoop, make_con
     stats = response.get_json()
     assert stats['node_type'] == 'converter'
     assert stats['converter'] == {'converted': 1, 'failures': 1, 'given_up': 1, 'converting': None}
-    assert set(stats['loop']) == {'connected', 'last_error'}
+    assert set(stats['loop']) == {'connected', 'last_error', 'problem'}
 
 
 def test_5xx_during_download_and_upload_is_retried_and_never_counts_toward_giving_up(

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import responses
 
+from llnode.backoff import Backoff
 from llnode.config import ConfigError, Settings
 from llnode.converter import ConversionError, ConverterLogic, ConverterNode, RetryBook
-from llnode.converter.retries import backoff_delay
 from llnode.converter.transfer import ListedModel, convertible_models
 from llnode.converter.worker import checked_outputs, is_loop_unavailable
 from llnode.loop.errors import (
@@ -26,6 +26,9 @@ from llnode.loop.errors import (
 from llnode.loop.exchange import DataExchange
 from llnode.loop.http import LoopClient
 from tests.converter.conftest import UpperLogic
+
+#: the converter's policy without jitter, so that the schedule can be checked exactly
+NO_JITTER = Backoff(jitter=0)
 
 
 class Clock:
@@ -67,7 +70,9 @@ def test_stop_requested_is_set_by_request_stop() -> None:
 
 def test_failures_back_off_exponentially_and_a_model_is_given_up_after_max_attempts() -> None:
     clock = Clock()
-    book = RetryBook(max_attempts=3, retry_delay=2.0, max_retry_delay=5.0, clock=clock)
+    book = RetryBook(
+        max_attempts=3, retry_delay=2.0, max_retry_delay=5.0, clock=clock, backoff=NO_JITTER.replace(base=2.0, cap=5.0)
+    )
     assert book.due('m') and book.next_due() is None
     record = book.record_failure('m', '1.0', 'ValueError: x', counted=True, started_at=99.0)
     assert (record.attempts, record.failures, record.given_up, record.next_attempt_at) == (1, 1, False, 102.0)
@@ -84,12 +89,13 @@ def test_failures_back_off_exponentially_and_a_model_is_given_up_after_max_attem
     clock.now = 10_000.0
     assert not book.due('m') and book.next_due() is None
     assert book.describe() == {'m': 'given up after 3 failed attempts: ValueError: z'}
-    assert backoff_delay(10, 2.0, 5.0) == 5.0 and backoff_delay(1000, 1.0, 60.0) == 60.0
 
 
 def test_an_unavailable_loop_backs_off_but_is_not_counted() -> None:
     clock = Clock()
-    book = RetryBook(max_attempts=1, retry_delay=1.0, max_retry_delay=8.0, clock=clock)
+    book = RetryBook(
+        max_attempts=1, retry_delay=1.0, max_retry_delay=8.0, clock=clock, backoff=NO_JITTER.replace(base=1.0, cap=8.0)
+    )
     for n in range(6):
         record = book.record_failure('m', '1.0', 'LoopHTTPError: 503', counted=False, started_at=clock.now)
         assert not record.given_up and record.attempts == 0
@@ -103,7 +109,13 @@ def test_an_unavailable_loop_backs_off_but_is_not_counted() -> None:
 
 def test_unlimited_attempts_keep_a_bounded_history_and_prune_and_clear_forget() -> None:
     clock = Clock()
-    book = RetryBook(max_attempts=None, retry_delay=1.0, max_retry_delay=1.0, clock=clock)
+    book = RetryBook(
+        max_attempts=None,
+        retry_delay=1.0,
+        max_retry_delay=1.0,
+        clock=clock,
+        backoff=NO_JITTER.replace(base=1.0, cap=1.0),
+    )
     for n in range(50):
         record = book.record_failure('m', '1.0', 'E', counted=True, started_at=float(n))
     assert not record.given_up and record.attempts == 50 and len(record.attempted_at) == 20

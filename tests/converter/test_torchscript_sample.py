@@ -88,7 +88,7 @@ def test_two_models_become_torchscript_that_computes_the_same_and_a_broken_one_i
 
     record = wait_for(given_up, timeout=10, what='the broken model to be given up')
     assert record.attempts == 2 and 'cannot be read by torch.load' in record.error
-    assert record.attempted_at[1] - record.attempted_at[0] >= 0.2 * 0.95
+    assert record.attempted_at[1] - record.attempted_at[0] >= 0.2 * 0.7  # 0.2 s less up to 25 % jitter
     cycles = node.worker.cycles
     wait_for(lambda: node.worker.cycles >= cycles + 5, what='more cycles after giving up')
     assert logic.calls.count(broken) == 2  # spaced attempts, then never again, while the worker kept listing

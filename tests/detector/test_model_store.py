@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from llnode.backoff import Backoff
 from llnode.detector.model_store import (
     InvalidModelError,
     InvalidVersionError,
@@ -251,7 +252,7 @@ def test_failed_fetch_leaves_nothing_behind(exchange: DataExchange, tmp_path: Pa
     with pytest.raises(LoopHTTPError) as caught:
         store.install('1.1', lambda f: exchange.download_model(UNKNOWN_UUID, 'mocked', f))
     assert caught.value.status == 404
-    with pytest.raises(InvalidModelError, match=r'model\.json not found'):
+    with pytest.raises(InvalidModelError, match=r'has no model\.json'):
         store.install('1.1', lambda f: (f / 'weights.bin').write_text('no model.json'))
     with pytest.raises(InvalidModelError, match='organization'):
         store.install('1.1', lambda f: (f / 'model.json').write_text('{"id": "x", "version": "1.1"}'))
@@ -299,7 +300,7 @@ def test_a_folder_without_model_json_is_replaced_on_install(tmp_path: Path) -> N
     (store.models_folder / '1.3').mkdir(parents=True)
     (store.models_folder / '1.3' / 'partial.bin').write_text('left by a failed download')
     assert store.local_versions() == ['1.3'] and not store.has('1.3')
-    with pytest.raises(InvalidModelError, match=r'model.json not found in .*1\.3'):
+    with pytest.raises(InvalidModelError, match=r'model folder .*1\.3 has no model\.json'):
         store.model_info('1.3')
 
     store.install('1.3', fake_fetch('1.3'))
@@ -343,7 +344,7 @@ def test_remove(tmp_path: Path) -> None:
 
 def test_retry_backoff_schedule() -> None:
     now = [100.0]
-    backoff = RetryBackoff(initial=5, maximum=30, clock=lambda: now[0])
+    backoff = RetryBackoff(policy=Backoff(base=5, cap=30, jitter=0), clock=lambda: now[0])
     assert backoff.ready('1.2') and backoff.remaining('1.2') == 0 and backoff.failures('1.2') == 0
 
     delays = [backoff.failed('1.2') for _ in range(6)]
@@ -366,3 +367,10 @@ def test_retry_backoff_schedule() -> None:
     assert backoff.ready(('uuid', 'mocked')) and backoff.ready('1.2')
     with pytest.raises(ValueError):
         RetryBackoff(initial=10, maximum=5)
+
+
+def test_retry_backoff_jitters_within_a_quarter_by_default() -> None:
+    backoff = RetryBackoff(initial=8, maximum=8)
+    delays = {backoff.failed(key) for key in range(20)}
+    assert all(6 <= delay <= 8 for delay in delays)
+    assert len(delays) > 1  # without jitter every key would wait exactly 8 s

@@ -333,9 +333,9 @@ def test_about(make_detector: MakeDetector, server: str) -> None:
     about = response.json()
     assert list(about) == ['operation_mode', 'state', 'model_info', 'target_model', 'version_control']
     info = about.pop('model_info')
+    assert about.pop('state') in ('online', 'offline')  # no Loop here: offline once a call to it failed
     assert about == {
         'operation_mode': 'idle',
-        'state': 'online',
         'target_model': None,
         'version_control': 'follow_loop',
     }
@@ -351,9 +351,10 @@ def test_about(make_detector: MakeDetector, server: str) -> None:
 
 def test_about_and_model_version_without_a_model(make_detector: MakeDetector) -> None:
     detector = make_detector(model=False)
-    assert get(detector.url, '/about').json() == {
+    about = get(detector.url, '/about').json()
+    assert about.pop('state') in ('online', 'offline')  # no Loop here: offline once a call to it failed
+    assert about == {
         'operation_mode': 'idle',
-        'state': 'online',
         'model_info': None,
         'target_model': None,
         'version_control': 'follow_loop',
@@ -506,13 +507,9 @@ def test_reset_starts_over(make_detector: MakeDetector, server: str, tmp_path: P
     assert not planted.exists()
     assert not (detector.data_folder / 'models').exists()
     assert not (detector.data_folder / 'current_model').is_symlink()
-    assert get(url, '/about').json() == {
-        'operation_mode': 'idle',
-        'state': 'online',
-        'model_info': None,
-        'target_model': None,
-        'version_control': 'pause',
-    }
+    about = get(url, '/about').json()
+    assert about.pop('state') in ('online', 'offline')  # no Loop here: offline once a call to it failed
+    assert about == {'operation_mode': 'idle', 'model_info': None, 'target_model': None, 'version_control': 'pause'}
     assert get(url, '/model_version').json()['current_version'] == 'None'
     assert cameras(detector.node) == []
     assert not detector.node.muted
@@ -532,7 +529,8 @@ def test_reset_starts_over(make_detector: MakeDetector, server: str, tmp_path: P
 def test_healthz_and_readyz(make_detector: MakeDetector) -> None:
     without = make_detector(model=False)
     assert get(without.url, '/healthz').json() == {'status': 'ok'}
-    assert_json_error(get(without.url, '/readyz'), 503, 'detector not yet initialized')
+    # and why, once known: here the Loop cannot be reached (test_operator_view.py has the causes)
+    assert assert_json_error(get(without.url, '/readyz'), 503).startswith('detector not yet initialized')
     with_model = make_detector()
     assert get(with_model.url, '/healthz').json() == {'status': 'ok'}
     response = get(with_model.url, '/readyz')
@@ -559,7 +557,8 @@ def test_stats_follow_detections_and_the_outbox(make_detector: MakeDetector, ser
         'muted': False,
         'operation_mode': 'idle',
     }
-    assert stats['uptime_s'] >= 0 and 'loop' not in stats  # a detector has no Loop socket
+    assert stats['uptime_s'] >= 0
+    assert set(stats['loop']) == {'problem', 'status_sync', 'deployment_target'}  # the periodic Loop calls
     assert stats['model'] == {
         'current_version': MODEL_VERSION,
         'target_version': None,

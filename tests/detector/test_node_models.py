@@ -6,9 +6,11 @@ downloaded over HTTP in the ``mocked`` format the demo project holds (1.0, 1.1, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from llnode.backoff import Backoff
+from llnode.config import Settings
 from llnode.detector import DetectorFactory, DetectorLogic, DetectorNode, VersionControlError
 from llnode.detector.deployment import NotServing
 from llnode.detector.model_store import RetryBackoff
@@ -50,12 +54,14 @@ class ControlledFactory(DetectorFactory):
         super().__init__()
         self.broken: set[str] = set()
         self.builds: list[str] = []
+        self.built_at: list[float] = []  # time.monotonic() of each build, as builds
         self.hold: str | None = None
         self.holding = threading.Event()
         self.release = threading.Event()
 
     def build(self, model_info: ModelInformation) -> DetectorLogic:
         self.builds.append(model_info.version)
+        self.built_at.append(time.monotonic())
         if model_info.version == self.hold:
             self.holding.set()
             assert self.release.wait(20), 'the test never released the build'
@@ -249,7 +255,8 @@ def test_a_broken_current_model_leaves_the_node_without_model_but_running(
     node = make_node(None, factory)
     assert node.running
     assert serving(node) is None
-    assert readiness(node) == 'detector not yet initialized'
+    assert readiness(node) == 'detector not yet initialized: Could not load model 1.0: cannot build 1.0'
+    assert node.stats()['model']['update_error'] == 'Could not load model 1.0: cannot build 1.0'
 
 
 # ------------------------------------------------------------------------------------------------ version modes
@@ -441,6 +448,27 @@ def test_a_failed_build_keeps_or_restores_the_old_model(
 
     factory.broken.clear()
     wait_for(lambda: serving(node) == '1.2', what='the retried build')
+
+
+def test_failed_updates_back_off_exponentially_instead_of_retrying_every_cycle(
+    local_loop: LocalLoop, make_node: Callable[..., DetectorNode]
+) -> None:
+    """The repeat cycle asks for an update every 0.05 s; a build that keeps failing is still tried only after
+    0.2 s, 0.4 s, 0.8 s (less up to a quarter of jitter), not every cycle."""
+    factory = ControlledFactory()
+    factory.broken.add('1.1')
+    node = make_node(local_loop, factory, update_backoff=RetryBackoff(policy=Backoff(base=0.2, cap=10)))
+    wait_for(lambda: len(factory.built_at) >= 4, what='a failed build and three retries')
+    gaps = [later - earlier for earlier, later in itertools.pairwise(factory.built_at[:4])]
+    assert gaps[0] >= 0.14 and gaps[1] >= 0.29 and gaps[2] >= 0.59, gaps
+    assert node.models.backoff.failures('1.1') >= 4
+    assert node.models.errors()['update_model'] == 'Could not update model: cannot build 1.1'
+
+
+def test_a_detector_backs_off_model_updates_from_5_s_to_300_s_by_default(tmp_path: Path) -> None:
+    settings = Settings(host='127.0.0.1:1', organization=ORG, project=PROJECT, data_folder=tmp_path / 'node')
+    node = DetectorNode('defaults', ControlledFactory(), settings=settings, outbox_factory=NullOutbox)
+    assert node.models.backoff.policy == Backoff(base=5.0, cap=300.0)
 
 
 @pytest.mark.parametrize('exclusive', [False, True])

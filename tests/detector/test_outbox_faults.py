@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -9,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from llnode.detector.outbox import Outbox
+from llnode.detector.outbox import MAX_REFUSALS, Outbox
 from llnode.localloop import LocalLoop
 from llnode.schema import ImageMetadata
 from tests.detector.outbox_support import FaultLoop, item_folders, ok, outbox_threads, received_sources, tiny_jpeg
-from tests.loop.scripted_server import Reply
+from tests.loop.scripted_server import Reply, Seen
 from tests.polling import wait_for
 
 
@@ -100,11 +101,79 @@ def test_server_errors_and_broken_connections_back_off_and_keep_everything(tmp_p
     assert [p.status for p in loop.posts] == [500, 404, 502, 503, 200]
     assert all(p.sources == ['a', 'b', 'c'] for p in loop.posts)
     gaps = [b.at - a.at for a, b in zip(loop.posts, loop.posts[1:], strict=False)]
-    assert gaps[0] >= 0.04 and gaps[1] >= 0.09 and gaps[2] >= 0.14 and gaps[3] >= 0.14  # 0.05, 0.1, capped 0.15
+    # 0.05, 0.1, capped 0.15, each less up to a quarter of jitter (llnode.backoff)
+    assert gaps[0] >= 0.035 and gaps[1] >= 0.07 and gaps[2] >= 0.11 and gaps[3] >= 0.11
     assert Counter(loop.delivered) == Counter(['a', 'b', 'c'])
     stats = outbox.stats()
     assert stats['upload_errors'] == 4 and stats['uploaded'] == 3 and stats['queued_normal'] == 0
     assert '503' in (stats['last_error'] or '') and 'busy' in (stats['last_error'] or '')
+
+
+@pytest.mark.parametrize('status', [400, 403, 404])
+def test_a_4xx_that_waiting_cannot_cure_rejects_the_items_after_max_refusals(tmp_path: Path, status: int) -> None:
+    """The outbox used to retry a 404 or 400 forever; now a batch refused so ``max_refusals`` times moves to
+    rejected/ (kept on disk, not lost) and the uploader goes on with what follows."""
+
+    def answer(sources: list[str], n: int) -> Reply:
+        return Reply(status, b'{"detail": "no such project"}') if 'bad' in sources[0] else ok(sources, n)
+
+    with FaultLoop(answer) as loop:
+        outbox = Outbox(
+            loop.settings(tmp_path / 'node'), min_backoff=0.01, max_backoff=0.02, batch_size=1, mode='stopped'
+        )
+        assert outbox.max_refusals == MAX_REFUSALS
+        outbox.save(tiny_jpeg(1), ImageMetadata(source='good'), priority=False)
+        outbox.save(tiny_jpeg(2), ImageMetadata(source='bad'), priority=False)  # newest: sent first
+        outbox.start()
+        assert outbox.set_mode('continuous_upload')
+        assert outbox.wait_until_empty(10)
+        assert outbox.close()
+    refused = [p for p in loop.posts if p.status == status]
+    assert len(refused) == MAX_REFUSALS  # bounded: no retry after the item moved
+    assert loop.delivered == ['good']
+    [rejected] = outbox.rejected_ids()
+    reason = outbox.rejection_reason(rejected) or ''
+    assert f'refused {MAX_REFUSALS} times' in reason and str(status) in reason
+    assert outbox.stats()['rejected'] == 1
+
+
+@pytest.mark.parametrize('status', [408, 409, 429])
+def test_a_4xx_worth_waiting_for_never_rejects(tmp_path: Path, status: int) -> None:
+    def answer(sources: list[str], n: int) -> Reply:
+        return Reply(status, b'later') if n < MAX_REFUSALS + 2 else ok(sources, n)
+
+    with FaultLoop(answer) as loop:
+        outbox = Outbox(loop.settings(tmp_path / 'node'), min_backoff=0.01, max_backoff=0.02, mode='stopped')
+        fill(outbox, ['a'])
+        outbox.start()
+        assert outbox.set_mode('continuous_upload')
+        assert outbox.wait_until_empty(10)
+        assert outbox.close()
+    assert loop.delivered == ['a'] and outbox.rejected_ids() == []
+
+
+def test_a_401_logs_in_again_and_the_retry_carries_the_session(tmp_path: Path) -> None:
+    sessions: list[str] = []
+
+    def answer(sources: list[str], n: int) -> Reply:
+        return Reply(401, b'{"detail": "login first"}') if not sessions else ok(sources, n)
+
+    def login(seen: Seen) -> Reply:
+        sessions.append(seen.body.decode())
+        return Reply(200, b'{}', {'Set-Cookie': 'session=fresh; Path=/'})
+
+    with FaultLoop(answer) as loop:
+        loop.server.routes[('POST', '/api/login')] = login
+        settings = dataclasses.replace(loop.settings(tmp_path / 'node'), username='u', password='secret')
+        outbox = Outbox(settings, min_backoff=0.01, max_backoff=0.02, mode='stopped')
+        fill(outbox, ['a'])
+        outbox.start()
+        assert outbox.set_mode('continuous_upload')
+        assert outbox.wait_until_empty(10)
+        assert outbox.close()
+    assert [p.status for p in loop.posts] == [401, 200]
+    assert len(sessions) == 1 and 'username=u' in sessions[0]
+    assert outbox.rejected_ids() == []
 
 
 def test_the_loop_down_for_a_while_then_back(make_local_loop: object, tmp_path: Path) -> None:

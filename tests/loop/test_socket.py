@@ -892,6 +892,20 @@ def test_backoff_while_the_loop_is_down(make_socket: Callable[..., LoopSocket]) 
         serving.join(5)
 
 
+def test_reconnect_delays_are_jittered_so_nodes_do_not_retry_in_lockstep(
+    make_socket: Callable[..., LoopSocket],
+) -> None:
+    """Eight nodes that lose the Loop at the same moment must not come back at the same moment."""
+    settings = Settings(host='127.0.0.1:1', username='u', password='p')  # nothing listens: refused at once
+    delays = []
+    for _ in range(8):
+        sock = make_socket(settings, backoff_initial=10, backoff_max=10)
+        assert sock.ensure_connected() is False
+        delays.append(sock.retry_in)
+    assert all(7.4 <= delay <= 10 for delay in delays), delays  # 10 s less up to a quarter
+    assert max(delays) - min(delays) > 0.1, delays  # without jitter all eight would wait 10 s
+
+
 def test_mark_broken_forces_a_full_reconnect(loop: FakeLoop, make_socket: Callable[..., LoopSocket]) -> None:
     sock = make_socket(loop.settings(), backoff_initial=0.1)
     sock.connect()

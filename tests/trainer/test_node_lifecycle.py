@@ -4,6 +4,7 @@ refuses what it cannot use."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from llnode.localloop import LocalLoop
+from llnode.loop.socket import LoopSocket
 from llnode.trainer import TrainerNode
 from tests.node.conftest import new_threads_gone
 from tests.polling import wait_for
@@ -58,6 +60,51 @@ def test_stopping_the_node_during_a_training_ends_every_trainer_thread(
     assert time.monotonic() - started < 5
     new_threads_gone(before, prefix='llnode-trainer')
     assert node.machine.checkpoint.exists()  # kept for the restart
+
+
+def test_an_idle_trainer_reports_its_status_every_cycle(
+    local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode]
+) -> None:
+    """The periodic status is the trainer's heartbeat: the Loop hears from an idle trainer every cycle although
+    nothing changes (the Loop shows a node that falls silent as gone)."""
+    node = make_trainer(local_loop)
+    reports: set[str] = set()  # the Loop's ``updated`` time of each status it kept (milliseconds)
+
+    def reported() -> set[str]:
+        for entry in local_loop.nodes():
+            if entry['id'] == node.uuid:
+                assert entry['status']['state'] == 'idle'
+                reports.add(entry['updated'])
+        return reports
+
+    wait_for(lambda: len(reported()) >= 4, what='four idle status reports', interval=0.02)
+    assert node.machine.snapshot().state == 'idle'
+
+
+def test_a_refused_password_is_named_in_readiness_and_stats_and_logged_once(
+    local_loop: LocalLoop, make_trainer: Callable[..., TrainerNode], caplog: pytest.LogCaptureFixture
+) -> None:
+    password = 'wrong-password-4711'
+    with caplog.at_level(logging.DEBUG, logger='llnode'):
+        node = make_trainer(
+            local_loop,
+            settings={'password': password},
+            connect=False,
+            loop_socket_factory=lambda client, node_type: LoopSocket(
+                client, node_type, backoff_initial=0.05, backoff_max=0.1
+            ),
+        )
+        cause = "the Loop refused login for user 'u' (401)"
+        wait_for(lambda: node.readiness_problem() == f'not connected to the Loop: {cause}', what='the cause')
+        assert node.stats()['loop']['problem'] == cause
+        link = node.loop_socket
+        assert link is not None
+        wait_for(lambda: link.attempts >= 4, what='four refused logins')
+    lines = [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and 'refused login' in r.getMessage()
+    ]
+    assert lines == [f'connecting to the Loop as trainer failed: {cause}']  # not one per attempt
+    assert all(password not in r.getMessage() for r in caplog.records)
 
 
 def test_the_constructor_refuses_what_it_cannot_use(local_loop: LocalLoop) -> None:

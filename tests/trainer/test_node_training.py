@@ -123,7 +123,7 @@ def test_stats_show_the_training(local_loop: LocalLoop, make_trainer: Callable[.
     client = node.flask_app.test_client()
     stats = client.get('/stats').get_json()
     assert (stats['node_type'], stats['state']) == ('trainer', 'running')
-    assert stats['loop'] == {'connected': True, 'last_error': None}
+    assert stats['loop'] == {'connected': True, 'last_error': None, 'problem': None}
     assert stats['training'] == {'state': 'idle', 'training_number': None, 'progress': None}
     result = begin(local_loop, node)
     wait_for(logic.training.is_set, what='the training to run')

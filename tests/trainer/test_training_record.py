@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from llnode.backoff import Backoff
 from llnode.loop.errors import (
     LoopAuthError,
     LoopConnectionError,
@@ -19,7 +20,7 @@ from llnode.loop.errors import (
     LoopTimeout,
 )
 from llnode.schema import Category, TrainerState, TrainingDetails
-from llnode.trainer.machine import is_loop_unavailable, retry_delay
+from llnode.trainer.machine import MAX_RETRY_DELAY, RETRY_DELAY, is_loop_unavailable
 from llnode.trainer.stages import LoopUnavailable
 from llnode.trainer.training import RESUME_FROM, Checkpoint, CheckpointError, Training
 
@@ -159,9 +160,9 @@ def test_unreadable_image_data_is_a_checkpoint_error(tmp_path: Path) -> None:
 
 
 def test_retry_delays_double_from_5_s_up_to_300_s() -> None:
-    assert [retry_delay(n) for n in range(1, 10)] == [5, 10, 20, 40, 80, 160, 300, 300, 300]
-    assert retry_delay(1000) == 300
-    assert retry_delay(3, base=0.5, maximum=1.0) == 1.0
+    policy = Backoff(base=RETRY_DELAY, cap=MAX_RETRY_DELAY)
+    assert [policy.ceiling(n) for n in range(1, 10)] == [5, 10, 20, 40, 80, 160, 300, 300, 300]
+    assert policy.ceiling(1000) == 300
 
 
 @pytest.mark.parametrize(
