@@ -15,8 +15,8 @@ Two threads, both named ``llnode-outbox-...``:
   images trickling in from autoupload go 20 to a request instead of one each. A 2xx deletes the batch; a 422 splits it until the single refused item is moved to
   ``rejected/``; a 401 logs in again; 408, 409, 429, 5xx and network errors keep everything and back off
   exponentially with jitter (:class:`llnode.backoff.Backoff`, ``Retry-After`` honoured, capped at
-  ``max_backoff``). Any other 4xx (400, 403, 404, ...) will not succeed by waiting: the items of a batch
-  refused so ``max_refusals`` times in a row move to ``rejected/``. An item whose files are missing or unreadable moves to
+  ``max_backoff``). Any other 4xx (400, 403, 404, ...) will not succeed by waiting: it splits the batch as a
+  422 does, and an item refused alone ``max_refusals`` times in a row moves to ``rejected/``. An item whose files are missing or unreadable moves to
   ``rejected/`` without blocking the ones behind it.
 
 Every image that does not make it into or through the outbox is counted in ``stats()['dropped']`` by reason:
@@ -616,7 +616,8 @@ class Outbox:
         return self._post(items) if items else None
 
     def _post(self, items: list[tuple[str, ItemData]]) -> _Retry | None:
-        """One request for ``items``; a 422 splits the batch (recursively) until the refused item is alone."""
+        """One request for ``items``; a refusal (422, or a 4xx that waiting cannot cure) splits the batch
+        (recursively) until the refused item is alone."""
         if self._closed or self._mode == OutboxMode.STOPPED:
             return _Retry('stopped', counts=False)
         files = []
@@ -638,18 +639,19 @@ class Outbox:
         if 200 <= status < 300:
             self._delivered(items)
             return None
-        if status == 422:
-            if len(items) == 1:
-                queue_name, item = items[0]
-                logger.warning('the Loop refused outbox item %s (422: %s); moving it to rejected/', item.item_id, body)
-                self._move_to_rejected(queue_name, item.item_id, f'the Loop answered 422: {body}')
-                return None
+        refused = status == 422 or (400 <= status < 500 and status not in RETRIED_CLIENT_ERRORS)
+        if refused and len(items) > 1:  # one bad item must not take the good ones with it: find it by halves
             half = len(items) // 2
             return self._post(items[:half]) or self._post(items[half:])
+        if status == 422:
+            queue_name, item = items[0]
+            logger.warning('the Loop refused outbox item %s (422: %s); moving it to rejected/', item.item_id, body)
+            self._move_to_rejected(queue_name, item.item_id, f'the Loop answered 422: {body}')
+            return None
         error = f'POST {path} answered {status}: {body}'
         if status == 401:
             self._log_in_again()
-        elif 400 <= status < 500 and status not in RETRIED_CLIENT_ERRORS:
+        elif refused:
             self._count_refusal(items, error)
         return _Retry(error, delay)
 

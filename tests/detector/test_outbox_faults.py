@@ -83,7 +83,7 @@ def test_429_honours_retry_after_within_the_cap(
 def test_server_errors_and_broken_connections_back_off_and_keep_everything(tmp_path: Path) -> None:
     failures = [
         Reply(500, b'internal'),
-        Reply(404, b'{"detail": "no such project"}'),
+        Reply(504, b'{"detail": "gateway timeout"}'),
         Reply(502, b'{"detail": "gateway"}', {'Content-Length': '9999'}),  # the connection breaks mid-answer
         Reply(503, b'busy'),
     ]
@@ -98,7 +98,7 @@ def test_server_errors_and_broken_connections_back_off_and_keep_everything(tmp_p
         assert outbox.set_mode('continuous_upload')
         assert outbox.wait_until_empty(10)
         assert outbox.close()
-    assert [p.status for p in loop.posts] == [500, 404, 502, 503, 200]
+    assert [p.status for p in loop.posts] == [500, 504, 502, 503, 200]
     assert all(p.sources == ['a', 'b', 'c'] for p in loop.posts)
     gaps = [b.at - a.at for a, b in zip(loop.posts, loop.posts[1:], strict=False)]
     # 0.05, 0.1, capped 0.15, each less up to a quarter of jitter (llnode.backoff)
@@ -135,6 +135,27 @@ def test_a_4xx_that_waiting_cannot_cure_rejects_the_items_after_max_refusals(tmp
     reason = outbox.rejection_reason(rejected) or ''
     assert f'refused {MAX_REFUSALS} times' in reason and str(status) in reason
     assert outbox.stats()['rejected'] == 1
+
+
+def test_a_4xx_that_waiting_cannot_cure_rejects_only_the_refused_item_of_a_batch(tmp_path: Path) -> None:
+    """A batch with one item the Loop refuses (400) is split as a 422 is: the good items are delivered, only the
+    refused one counts its refusals and moves to rejected/ (it used to take the whole batch with it)."""
+
+    def answer(sources: list[str], n: int) -> Reply:
+        return Reply(400, b'{"detail": "bad item"}') if 'bad' in sources else ok(sources, n)
+
+    with FaultLoop(answer) as loop:
+        outbox = Outbox(loop.settings(tmp_path / 'node'), min_backoff=0.01, max_backoff=0.02, mode='stopped')
+        fill(outbox, ['g', 'f', 'e', 'bad', 'c', 'b', 'a'])
+        outbox.start()
+        assert outbox.set_mode('continuous_upload')
+        assert outbox.wait_until_empty(10)
+        assert outbox.close()
+    assert sorted(loop.delivered) == sorted(['a', 'b', 'c', 'e', 'f', 'g'])  # each exactly once
+    [rejected] = outbox.rejected_ids()
+    assert f'refused {MAX_REFUSALS} times' in (outbox.rejection_reason(rejected) or '')
+    assert (tmp_path / 'node' / 'outbox' / 'rejected' / rejected / f'image_{rejected}.jpg').read_bytes() == tiny_jpeg(3)
+    assert [p.sources for p in loop.posts if p.status == 400].count(['bad']) == MAX_REFUSALS
 
 
 @pytest.mark.parametrize('status', [408, 409, 429])
