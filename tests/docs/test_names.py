@@ -134,3 +134,39 @@ def test_the_quickstart_names_the_demos_real_options() -> None:
     loop_only = {'--user'}  # ``llnode loop --data DIR/loop --user demo:demo``
     assert '--serve-ui' in named
     assert named - loop_only <= options, named - loop_only - options
+
+
+def test_every_metric_the_observability_page_lists_is_one_llnode_exports() -> None:
+    """Each ``llnode_*`` family of the page's tables is named in llnode's code (prometheus-client adds ``_total``
+    to counters and ``_info`` to info families), and the page gives each counter its ``_total`` name.
+
+    A static check: the metrics tests of tests/node and tests/detector scrape the families themselves."""
+    source = '\n'.join(path.read_text() for path in (REPO / 'llnode').rglob('*.py'))
+    in_code = set(re.findall(r"['\"](llnode_[a-z_]+)['\"]", source))
+    text = (DOCS / 'observability.rst').read_text()
+    rows = re.findall(r'^``(llnode_[a-z_]+)``\s+(counter|gauge|histogram|info|state set)\b', text, re.MULTILINE)
+    assert len(rows) >= 35, rows
+    for name, kind in rows:
+        suffix = {'counter': '_total', 'info': '_info'}.get(kind, '')
+        assert name.endswith(suffix), f'{name}: a {kind} is exposed as ..{suffix}'
+        assert name.removesuffix(suffix) in in_code if suffix else name in in_code, name
+    prose = re.findall(r'``(llnode_[a-z_]+)`` \((counter|gauge)', text)
+    assert prose, 'the annotator and converter families'
+    for name, kind in prose:
+        assert (name.removesuffix('_total') if kind == 'counter' else name) in in_code, name
+
+
+def test_the_restart_names_are_where_the_observability_page_says() -> None:
+    """``NodeNeedsRestartError`` from each package the page lists, and the exit codes of its table."""
+    from llnode.node import EXIT_FORCED, EXIT_NEEDS_RESTART, EXIT_OK, NodeNeedsRestartError
+
+    text = (DOCS / 'observability.rst').read_text()
+    places = re.search(r'importable from (.*?)\) from', text, re.DOTALL)
+    assert places is not None
+    modules = INLINE.findall(places.group(1))
+    assert len(modules) == 6, modules
+    for module in modules:
+        assert importlib.import_module(module).NodeNeedsRestartError is NodeNeedsRestartError, module
+    codes = dict(re.findall(r'^(\d+)\s+``(EXIT_\w+)``', text, re.MULTILINE))
+    assert codes == {'0': 'EXIT_OK', '1': 'EXIT_FORCED', '75': 'EXIT_NEEDS_RESTART'}
+    assert (EXIT_OK, EXIT_FORCED, EXIT_NEEDS_RESTART) == (0, 1, 75)
