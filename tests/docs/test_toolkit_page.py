@@ -1,7 +1,8 @@
 """The toolkit page's node fragments, run as far as they can run here: their classes are executed from the page
 with stand-ins for what the page leaves to the node's author (the engine, the dataset writer, the epoch reader),
-then driven as the node would drive them. The last lines of each (parse the command line, serve until stopped)
-are cut off; ``samples/yolo_style/`` serves a complete pair in tests/trainer/test_yolo_style.py.
+then driven as the node would drive them. The last lines of the two nodes (parse the command line, serve until
+stopped) are cut off; ``samples/yolo_style/`` serves a complete pair in tests/trainer/test_yolo_style.py. The
+training script runs whole, on the CPU fallback.
 """
 
 from __future__ import annotations
@@ -141,3 +142,37 @@ def test_the_trainer_fragment_returns_the_command_and_the_best_state(
     assert best.confusion_matrix == {'c-0': {'tp': 8, 'fp': 2, 'fn': 0}, 'c-1': {'tp': 1, 'fp': 0, 'fn': 3}}
     assert best.meta_information['weightfile'] == str(tmp_path / 'epoch7.pt')
     assert best.meta_information['f1'] == pytest.approx((16 / 18 + 2 / 5) / 2)
+
+
+def test_the_training_script_fragment_takes_the_cpu_fallback_without_building_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine without CUDA (made so here, also on a GPU machine) the script's probe is the documented
+    fallback: at most 8, bounded by the request and by an eighth of the training images; nothing is built."""
+    import llnode.trainer.cuda
+
+    monkeypatch.setattr(llnode.trainer.cuda, 'cuda_available', lambda: False)
+    [code] = [code for _, code in python_blocks(PAGE.read_text()) if code.startswith('# train.py')]
+    built: list[str] = []
+
+    def build_model() -> Any:
+        built.append('model')
+
+    def build_optimizer() -> Any:
+        built.append('optimizer')
+
+    for requested, images, expected in (('0', 1000, 8), ('16', 1000, 8), ('4', 1000, 4), ('0', 40, 4)):
+        monkeypatch.setattr(
+            sys, 'argv', ['train.py', '--folder', str(tmp_path), '--max-batch-size', requested, '--vram-limit-gb', '2']
+        )
+        page = run_block(
+            code,
+            monkeypatch,
+            build_model=build_model,
+            build_optimizer=build_optimizer,
+            random_batch=lambda size: None,
+            train_images=['image'] * images,
+        )
+        assert page['args'].vram_limit_gb == 2.0
+        assert page['batch_size'] == expected, (requested, images)
+    assert built == []
