@@ -170,3 +170,25 @@ def test_the_restart_names_are_where_the_observability_page_says() -> None:
     codes = dict(re.findall(r'^(\d+)\s+``(EXIT_\w+)``', text, re.MULTILINE))
     assert codes == {'0': 'EXIT_OK', '1': 'EXIT_FORCED', '75': 'EXIT_NEEDS_RESTART'}
     assert (EXIT_OK, EXIT_FORCED, EXIT_NEEDS_RESTART) == (0, 1, 75)
+
+
+def test_the_migration_pages_reference_names_resolve_as_it_says() -> None:
+    """The reference names the migration table promises under ``llnode.data_classes`` and ``llnode.enums``."""
+    import llnode.data_classes
+    import llnode.enums
+    from llnode.detector import DetectorFactory, DetectorLogicFactory
+
+    text = (DOCS / 'migration.rst').read_text()
+    classes = re.search(r'``learning_loop_node.data_classes`` \((.*?)\)', text)
+    enums = re.search(r'``learning_loop_node.enums`` \((.*?)\)', text)
+    assert classes is not None and enums is not None
+    assert len(INLINE.findall(classes.group(1))) == 10
+    for name in INLINE.findall(classes.group(1)):
+        assert hasattr(llnode.data_classes, name), name
+    assert not hasattr(llnode.data_classes, 'Training')  # "Training is not there"
+    for name in INLINE.findall(enums.group(1)):
+        assert hasattr(llnode.enums, name), name
+    assert llnode.enums.CategoryType.Box is llnode.enums.CategoryType.BOX
+    assert llnode.enums.TrainerState.TrainingRunning is llnode.enums.TrainerState.RUNNING
+    assert llnode.enums.AnnotationEventType.LeftMouseDown is llnode.enums.AnnotationEventType.LEFT_MOUSE_DOWN
+    assert DetectorLogicFactory is DetectorFactory
