@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -32,7 +33,15 @@ EXAMPLES = REPO / 'docs' / 'examples'
 ORGANIZATION, PROJECT = 'zauberzeug', 'demo'
 
 #: every example a test here runs; test_every_example_is_run checks that none is left out
-RUN_HERE = {'detector.py', 'trainer.py', 'annotator.py', 'converter.py', 'local_loop_faults.py'}
+RUN_HERE = {
+    'detector.py',
+    'trainer.py',
+    'annotator.py',
+    'converter.py',
+    'local_loop_faults.py',
+    'toolkit.py',
+    'custom_node.py',
+}
 
 
 def control(loop: LocalLoop, *command: str, capsys: pytest.CaptureFixture[str]) -> Any:
@@ -191,3 +200,56 @@ def test_local_loop_fault_example() -> None:
         'second try: 10 complete images',
         'the rule answered 1 request',
     ]
+
+
+def test_toolkit_example() -> None:
+    """The toolkit page's example, run as a script: it prints what the page says each function gives."""
+    environment = {k: v for k, v in os.environ.items() if k not in {'CONF_THRESHOLD', 'NODE_HOST', 'NODE_PORT'}}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / 'toolkit.py')],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=environment,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        'limit 1024, sizes up to 300 fit: 256',
+        'limit and request 200, all fit: 200',
+        'limit and request 1000, 512 does not fit: 256 after trying [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]',
+        '100 images, dataset limit 12 -> 8 after trying [1, 2, 4, 8]',
+        "max_batch_size '': 0",
+        'max_batch_size None: 0',
+        "max_batch_size '16': 16",
+        'max_batch_size absent: 0',
+        "ValueError: hyperparameter max_batch_size must be a whole number, got '16.0'",
+        'without a GPU: 8 or, for a limit of 5, 4',
+        '29 of 200 train images become val',
+        'the same ones again: True',
+        "CriticalError: hyperparameter compute_validation_set must be true or false (a JSON boolean), got 'yes'",
+        "{'cat': {'tp': 8, 'fp': 2, 'fn': 0}, 'dog': {'tp': 1, 'fp': 0, 'fn': 3}, 'cow': {'tp': 0, 'fp': 0, 'fn': 0}}",
+        'macro F1: 0.430',
+        'sums: [0, 4096, 16384, 36864]',
+        'kept: [(0, 0.9), (1, 0.7), (0, 0.6)]',
+        'box: cat 10 10 100 50 0.9',
+        'point: eye 10.0 50.0 0.7',
+        'default: 0.2',
+        'from CONF_THRESHOLD: 0.35',
+        'the command line wins: 0.5',
+        'host and port: 0.0.0.0 80',
+    ]
+
+
+def test_custom_node_example(run_example: Any) -> None:
+    """The observability page's node type: its route is served and described, its metric scraped."""
+    node = run_example('custom_node.py')
+    assert requests.get(f'{node.url}/camera', timeout=10).json() == {'fps': 25.0}
+    scraped = requests.get(f'{node.url}/metrics', timeout=10).text
+    assert 'llnode_camera_fps 25.0' in scraped.splitlines()
+    assert 'llnode_node_info{' in scraped  # the families of every node are still there
+    document = requests.get(f'{node.url}/openapi.json', timeout=10).json()
+    camera = document['paths']['/camera']['get']
+    assert camera['summary'] == 'The camera settings'
+    assert set(camera['responses']) == {'200', '503', '500'}
