@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: llnode <command> [options]
+USAGE = """usage: llnode [--version] <command> [options]
 
 commands:
   loop      run a local Learning Loop server (llnode loop --help)
@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ('-h', '--help'):
         print(USAGE, end='')
+        return 0
+    if args[0] in ('-V', '--version'):
+        from llnode import __version__
+
+        print(f'llnode {__version__}')
         return 0
     command, rest = args[0], args[1:]
     if command == 'loop':

@@ -47,6 +47,12 @@ PLAIN: dict[str, str] = {
     'training_slot_lock': 'TRAINING_SLOT_LOCK',
 }
 
+#: What ``VERSION_CONTROL_DEFAULT`` accepts (case-insensitive), as the reference does.
+VERSION_CONTROL_MODES = ('pause', 'follow_loop')
+
+#: Settings whose values are secrets: a message names the variable, never the value.
+SECRETS = frozenset({'password'})
+
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off', ''}
 
@@ -64,7 +70,8 @@ class Settings:
 
     host: str = DEFAULT_HOST
     username: str = ''
-    password: str = ''
+    #: Never shown: left out of ``repr`` and of every log line and message llnode writes.
+    password: str = field(default='', repr=False)
     organization: str = ''
     project: str = ''
     ssl_cert_path: str = ''
@@ -88,10 +95,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'data_folder', Path(self.data_folder))
-        if self.version_control_default.lower() == 'pause':
-            object.__setattr__(self, 'version_control_default', 'pause')
-        else:
-            object.__setattr__(self, 'version_control_default', 'follow_loop')
+        mode = str(self.version_control_default).strip().lower()
+        if mode not in VERSION_CONTROL_MODES:
+            raise ConfigError(
+                f'{self._name("version_control_default")}={self.version_control_default!r} is not a version '
+                f'control mode: use one of {", ".join(VERSION_CONTROL_MODES)}'
+            )
+        object.__setattr__(self, 'version_control_default', mode)
         if self.sync_cycles < 1:
             raise ConfigError(f'{self._name("sync_cycles")} must be a positive integer, got {self.sync_cycles}')
         if self.max_outbox_size < 1:
@@ -118,7 +128,7 @@ class Settings:
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for name, (primary, alias) in ALIASES.items():
-            resolved = resolve_alias(env, primary, alias)
+            resolved = resolve_alias(env, primary, alias, secret=name in SECRETS)
             if resolved is not None:
                 values[name], sources[name] = resolved
         types = {f.name: f.type for f in dataclasses.fields(cls)}
@@ -176,15 +186,21 @@ class Settings:
         return self.data_folder
 
 
-def resolve_alias(env: Mapping[str, str], primary: str, alias: str) -> tuple[str, str] | None:
+def resolve_alias(
+    env: Mapping[str, str], primary: str, alias: str, *, secret: bool = False
+) -> tuple[str, str] | None:
     """Resolve a ``LOOP_X`` / ``X`` pair: unset and empty values are ignored; on conflict ``LOOP_X`` wins.
 
-    Returns ``(value, variable name)`` or ``None`` when neither is set.
+    Returns ``(value, variable name)`` or ``None`` when neither is set. The conflict warning names the values,
+    except for a ``secret`` (a password), where it names only the variables.
     """
     first = env.get(primary) or None
     second = env.get(alias) or None
     if first is not None and second is not None and first != second:
-        logger.warning('%s=%r and %s=%r differ; using %s=%r', primary, first, alias, second, primary, first)
+        if secret:
+            logger.warning('%s and %s are set to different values; using %s', primary, alias, primary)
+        else:
+            logger.warning('%s=%r and %s=%r differ; using %s=%r', primary, first, alias, second, primary, first)
     if first is not None:
         return first, primary
     if second is not None:
