@@ -186,9 +186,7 @@ class Settings:
         return self.data_folder
 
 
-def resolve_alias(
-    env: Mapping[str, str], primary: str, alias: str, *, secret: bool = False
-) -> tuple[str, str] | None:
+def resolve_alias(env: Mapping[str, str], primary: str, alias: str, *, secret: bool = False) -> tuple[str, str] | None:
     """Resolve a ``LOOP_X`` / ``X`` pair: unset and empty values are ignored; on conflict ``LOOP_X`` wins.
 
     Returns ``(value, variable name)`` or ``None`` when neither is set. The conflict warning names the values,

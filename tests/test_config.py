@@ -153,7 +153,7 @@ def test_version_control_default_accepts_the_references_values(raw: str, mode: s
 
 @pytest.mark.parametrize('raw', ['frozen', 'paused', 'follow'])
 def test_version_control_default_refuses_anything_else(raw: str) -> None:
-    with pytest.raises(ConfigError, match=rf"VERSION_CONTROL_DEFAULT={raw!r} .*pause, follow_loop"):
+    with pytest.raises(ConfigError, match=rf'VERSION_CONTROL_DEFAULT={raw!r} .*pause, follow_loop'):
         Settings.from_env({'VERSION_CONTROL_DEFAULT': raw})
     with pytest.raises(ConfigError, match='VERSION_CONTROL_DEFAULT'):
         Settings(version_control_default=raw)

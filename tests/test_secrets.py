@@ -21,4 +21,3 @@ def test_a_refused_login_shows_no_password(local_loop: LocalLoop, caplog: pytest
         shown = [str(raised.value), repr(raised.value), repr(client), repr(settings), caplog.text]
     assert "'u'" in repr(client)  # the user is named, so the operator knows which login failed
     assert all(SECRET not in text for text in shown)
-
