@@ -58,7 +58,16 @@ _FALSE = {'0', 'false', 'no', 'off', ''}
 
 
 class ConfigError(ValueError):
-    """A setting has a value llnode cannot use; the message names the variable."""
+    """A setting has a value llnode cannot use; the message names the variable and how to fix it."""
+
+
+def user_path(path: str | os.PathLike[str]) -> Path:
+    """A path a user gave (argument, variable, constructor), made absolute against the working directory now.
+
+    Called once where the path enters llnode, so nothing later depends on the working directory: a logic that
+    calls ``os.chdir`` (as many real models' build code does) cannot move llnode's files. ``~`` is expanded.
+    """
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,11 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, 'data_folder', Path(self.data_folder))
+        object.__setattr__(self, 'data_folder', user_path(self.data_folder))
+        for name in ('ssl_cert_path', 'training_slot_lock'):  # '' means unset
+            value = getattr(self, name)
+            if value.strip():
+                object.__setattr__(self, name, str(user_path(value.strip())))
         mode = str(self.version_control_default).strip().lower()
         if mode not in VERSION_CONTROL_MODES:
             raise ConfigError(

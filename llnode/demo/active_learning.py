@@ -35,6 +35,7 @@ from typing import Any, TextIO
 
 import requests
 
+from llnode.config import user_path
 from llnode.demo.loop_ui import LoopUI
 from llnode.demo.parts import Boxes, DemoParts
 from llnode.demo.plan import DemoPlan
@@ -107,7 +108,7 @@ class ActiveLearningDemo:
     ) -> None:
         self.plan = plan
         self.parts = parts
-        self.data_dir = Path(data_dir)
+        self.data_dir = user_path(data_dir)
         self.port = port
         self.stream = stream if stream is not None else sys.stderr
         self.tty = tty

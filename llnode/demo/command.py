@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
+from llnode.config import user_path
 from llnode.demo.plan import FULL, QUICK, DemoPlan, PlanError
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def demo_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         '--data',
-        type=Path,
+        type=user_path,
         metavar='DIR',
         help="keep the Loop's data in DIR/loop (a new or empty folder, or one an earlier demo used; "
         'default: a temporary folder, deleted at the end)',
@@ -66,7 +67,7 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--port', type=_port, default=0, help="the local Loop's port on 127.0.0.1 (default: any free port)"
     )
-    parser.add_argument('--report-json', type=Path, metavar='PATH', help='also write the report as JSON to PATH')
+    parser.add_argument('--report-json', type=user_path, metavar='PATH', help='also write the report as JSON to PATH')
     for flag, what in (
         ('epochs', 'epochs per training'),
         ('loop_images', 'annotated images the Loop starts with'),

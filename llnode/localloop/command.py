@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from llnode.config import user_path
+
 DEFAULT_PORT = 8080
 DEFAULT_DATA = './llnode-loop-data'
 DEFAULT_USER = ('u', 'p')
@@ -40,8 +42,8 @@ def loop_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         '--data',
-        type=Path,
-        default=Path(DEFAULT_DATA),
+        type=user_path,
+        default=DEFAULT_DATA,
         help='data folder: SQLite database, images, models (default: %(default)s)',
     )
     parser.add_argument('--demo', action='store_true', help='seed the demo project zauberzeug/demo unless it exists')
@@ -116,7 +118,7 @@ def loop_main(argv: list[str]) -> int:
             )
             return 1
         name, password = users[0]
-        print(f'llnode local loop at {loop.url} (data: {args.data.resolve()})')
+        print(f'llnode local loop at {loop.url} (data: {args.data})')
         print(f'LOOP_HOST={loop.host_port}')
         print(f'LOOP_USERNAME={name}')
         print(f'LOOP_PASSWORD={password}')

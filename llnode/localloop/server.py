@@ -18,7 +18,7 @@ from typing import Any
 
 import socketio
 
-from llnode.config import Settings
+from llnode.config import Settings, user_path
 from llnode.localloop.app import LoopContext, create_app
 from llnode.localloop.faults import FaultMiddleware, FaultRules
 from llnode.localloop.generator import DEMO_ORGANIZATION, DEMO_PROJECT, seed_demo
@@ -72,7 +72,7 @@ class LocalLoop:
     ) -> None:
         if delay_ms < 0:
             raise ValueError(f'delay_ms must not be negative, got {delay_ms}')
-        self.data_dir = Path(data_dir)
+        self.data_dir = user_path(data_dir)  # resolved once: the loop never depends on the working directory
         self.host = host
         self.requested_port = port
         self.websocket = websocket

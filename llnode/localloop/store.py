@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llnode.config import user_path
 from llnode.durable import remove_stale_temps, write_bytes
 from llnode.localloop import demo
 from llnode.localloop.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -130,7 +131,7 @@ class Store:
     """All records and files of one local Loop; thread-safe."""
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = user_path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.data_dir / 'loop.sqlite3', check_same_thread=False, isolation_level=None)
