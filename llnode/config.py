@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,18 +186,33 @@ class Settings:
         """``/{org}/projects/{project}``, the prefix of every project route (below ``/api``)."""
         if not self.organization or not self.project:
             missing = [self._name(n) for n in ('organization', 'project') if not getattr(self, n)]
-            raise ConfigError(f'{" and ".join(missing)} must be set to reach a project')
+            raise ConfigError(
+                f'{" and ".join(missing)} must be set to reach a project: set them to the organization and '
+                'project ids the Loop shows (llnode loop prints them)'
+            )
         return f'/{self.organization}/projects/{self.project}'
 
     def ensure_data_folder(self) -> Path:
-        """Create the data folder if needed; a folder that cannot be created is a clear error."""
-        try:
-            self.data_folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f'{self._name("data_folder")}={self.data_folder} cannot be created: {e}') from e
-        if not os.access(self.data_folder, os.W_OK | os.X_OK):
-            raise ConfigError(f'{self._name("data_folder")}={self.data_folder} is not writable')
-        return self.data_folder
+        """Create the data folder if needed; one that cannot be created or written is a clear error."""
+        return writable_folder(self.data_folder, self._name('data_folder'))
+
+
+def writable_folder(folder: Path, name: str, fix: str | None = None) -> Path:
+    """Create ``folder`` if needed and prove it writable by writing a file there (``os.access`` says yes to root
+    even on a read-only mount); otherwise a :class:`ConfigError` naming ``name`` (a variable or option) and ``fix``.
+    """
+    fix = fix or f'set {name} to a folder this user may write, or fix its permissions'
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix='.llnode-write-test-', dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as e:
+        exists = folder.is_dir()
+        problem = 'is not writable' if exists else 'cannot be created'
+        reason = e.strerror or str(e)
+        raise ConfigError(f'{name}={folder} {problem} ({reason}): {fix}') from e
+    return folder
 
 
 def resolve_alias(env: Mapping[str, str], primary: str, alias: str, *, secret: bool = False) -> tuple[str, str] | None:
@@ -231,12 +247,12 @@ def _parse(var: str, raw: str, type_name: str) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise ConfigError(f'{var}={raw!r} is not an integer') from None
+            raise ConfigError(f'{var}={raw!r} is not an integer: set a whole number') from None
     if type_name == 'float':
         try:
             return float(text)
         except ValueError:
-            raise ConfigError(f'{var}={raw!r} is not a number') from None
+            raise ConfigError(f'{var}={raw!r} is not a number: set a number such as 0.5') from None
     if type_name == 'Path':
         return Path(text)
     if type_name == 'str | None':

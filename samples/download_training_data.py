@@ -19,6 +19,7 @@ from llnode.config import user_path
 from llnode.loop.errors import LoopError
 from llnode.loop.exchange import DataExchange
 from llnode.loop.http import LoopClient
+from llnode.startup import run_main
 
 
 def main() -> int:
@@ -50,4 +51,4 @@ def main() -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))  # a start-up error: one line on stderr, exit code 2

@@ -38,6 +38,7 @@ from PIL import Image
 
 from llnode.annotator import AnnotatorLogic, AnnotatorNode
 from llnode.schema import AnnotationEventType, Point, SegmentationAnnotation, Shape, ToolOutput, UserInput
+from llnode.startup import run_main
 
 logger = logging.getLogger('segmentation_annotator')
 
@@ -339,4 +340,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))  # a start-up error: one line on stderr, exit code 2

@@ -20,6 +20,7 @@ import logging
 import sys
 
 from llnode.demo.torch_trainer import ShapesTrainer
+from llnode.startup import run_main
 from llnode.trainer.node import TrainerNode
 
 
@@ -49,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))  # a start-up error: one line on stderr, exit code 2

@@ -21,8 +21,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
-from llnode.config import user_path
+from llnode.config import ConfigError, user_path, writable_folder
 from llnode.demo.plan import FULL, QUICK, DemoPlan, PlanError
+from llnode.startup import check_port
+from llnode.startup import report as report_startup_error
 
 if TYPE_CHECKING:
     from llnode.demo.active_learning import NodeTimings
@@ -32,9 +34,12 @@ logger = logging.getLogger('llnode.demo')
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+#: The local Loop of the demo listens here (loopback only).
+DEMO_HOST = '127.0.0.1'
 
-class UsageError(ValueError):
-    """An argument the demo cannot run with."""
+
+class UsageError(ConfigError):
+    """An argument the demo cannot run with (a start-up error: one line, exit 2)."""
 
 
 def _port(text: str) -> int:
@@ -168,14 +173,15 @@ def demo_main(
         plan = plan_from(args)
         if args.data is not None:
             check_data_folder(args.data)
+            writable_folder(args.data, '--data', 'choose another folder with --data, or fix its permissions')
+        check_port(DEMO_HOST, args.port)
         if args.report_json is not None:
             check_report_path(args.report_json)
         level = logging.getLevelName(args.log_level.upper())
         if not isinstance(level, int):
             raise UsageError(f'--log-level {args.log_level}: not a logging level')
-    except UsageError as e:
-        err.write(f'llnode demo: {e}\n')
-        return EXIT_USAGE
+    except ConfigError as e:
+        return report_startup_error(e, 'llnode demo', stream=err)
 
     from llnode.demo.active_learning import ActiveLearningDemo
     from llnode.demo.parts import torch_parts

@@ -12,7 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from llnode.config import user_path
+from llnode.config import ConfigError, user_path, writable_folder
+from llnode.startup import report
 
 DEFAULT_PORT = 8080
 DEFAULT_DATA = './llnode-loop-data'
@@ -80,7 +81,7 @@ def loop_parser() -> argparse.ArgumentParser:
 
 
 def loop_main(argv: list[str]) -> int:
-    """Run a local Loop until SIGINT or SIGTERM; 0 after a clean stop, 1 if it cannot start."""
+    """Run a local Loop until SIGINT or SIGTERM; 0 after a clean stop, 2 (one line on stderr) if it cannot start."""
     args = loop_parser().parse_args(argv)
     if args.delay_ms < 0 or args.demo_images < 0:
         print('llnode loop: --delay-ms and --demo-images must not be negative', file=sys.stderr)
@@ -90,6 +91,10 @@ def loop_main(argv: list[str]) -> int:
     from llnode.localloop.generator import DEMO_ORGANIZATION, DEMO_PROJECT
 
     users = args.user or [DEFAULT_USER]
+    try:
+        writable_folder(args.data, '--data', 'choose another folder with --data, or fix its permissions')
+    except ConfigError as e:
+        return report(e, 'llnode loop')
     loop = LocalLoop(
         args.data,
         host=args.host,
@@ -111,12 +116,8 @@ def loop_main(argv: list[str]) -> int:
     try:
         try:
             loop.start()
-        except OSError as e:
-            print(
-                f'llnode loop: cannot serve on {args.host}:{args.port}: {e} (try --port 0 for any free port)',
-                file=sys.stderr,
-            )
-            return 1
+        except ConfigError as e:
+            return report(e, 'llnode loop')
         name, password = users[0]
         print(f'llnode local loop at {loop.url} (data: {args.data})')
         print(f'LOOP_HOST={loop.host_port}')

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import socketio
 from flask import Blueprint, Flask
 
-from llnode.config import Settings
+from llnode.config import ConfigError, Settings
 from llnode.node.app import SOCKETIO_PATH, common_blueprint, create_app, create_socketio_server
 from llnode.node.errors import NodeHTTPError
 from llnode.node.identity import node_key, node_uuid
@@ -40,6 +40,7 @@ from llnode.node.memory import IdleTrimmer, RequestActivity, tune_allocator
 from llnode.node.repeat import REPEAT_INTERVAL, RepeatThread
 from llnode.node.serving import SERVERS, HTTPServer, make_server
 from llnode.node.wsmask import install as install_numpy_unmasking
+from llnode.startup import bind_error, report
 
 if TYPE_CHECKING:
     from llnode.loop.http import LoopClient
@@ -386,6 +387,7 @@ class Node:
             self._state = _STARTING
         try:
             if self.needs_loop_client or self.needs_loop_socket:
+                self._settings.project_path  # noqa: B018  (a ConfigError naming LOOP_ORGANIZATION/LOOP_PROJECT)
                 self._loop_client = self._loop_client_factory(self._settings)
             if self.needs_loop_socket:
                 with self._link_lock:
@@ -395,8 +397,11 @@ class Node:
                 self._started_at = time.monotonic()
                 self._state = _RUNNING  # before the repeat thread: its first cycle must see a running node
             self._repeat.start()
-        except BaseException:
-            logger.exception('%s: start failed', self._name)
+        except BaseException as e:
+            if isinstance(e, ConfigError):  # the user's to fix, said in one line by serve()/run(): no traceback
+                logger.debug('%s: start failed', self._name, exc_info=True)
+            else:
+                logger.exception('%s: start failed', self._name)
             self._close_loop_link(SOCKET_CLOSE_TIMEOUT)
             with self._lifecycle_lock:
                 self._state = _STOPPED
@@ -456,7 +461,11 @@ class Node:
         self.stop()
 
     def run(self) -> int:
-        """Start (unless started), block until a signal, ``stop()`` or ``request_restart()``, stop; the exit code."""
+        """Start (unless started), block until a signal, ``stop()`` or ``request_restart()``, stop; the exit code.
+
+        A start-up error (:class:`~llnode.config.ConfigError`: a missing setting, a folder it cannot write) is one
+        line on stderr and exit code 2 (:mod:`llnode.startup`); its traceback is logged at DEBUG only.
+        """
         return self._block(None)
 
     def serve(self, host: str = '0.0.0.0', port: int = 80, *, server: str = 'waitress', threads: int = 32) -> int:
@@ -466,7 +475,8 @@ class Node:
         the node stops advertising upgrades) or ``'werkzeug'`` (threaded, carries WebSocket). ``threads`` is
         waitress's worker count: every connected long-polling Socket.IO client holds one while its poll waits
         (up to the 25 s ping interval), so give it more than the Socket.IO clients you expect (32 by default;
-        idle threads cost little). A port in use raises ``OSError`` before the node starts.
+        idle threads cost little). A start-up error (a port in use, a missing setting) is one line on stderr naming
+        it and the fix, and exit code 2, as in ``run()``; the node does not start.
         """
         if server not in SERVERS:
             raise ValueError(f'server must be one of {", ".join(SERVERS)}, got {server!r}')
@@ -480,9 +490,12 @@ class Node:
             install_numpy_unmasking()  # a third of the server's work for a raw image frame (llnode.node.wsmask)
         tune_allocator()  # before any server thread exists: the arena cap applies to threads created after it
         activity = RequestActivity(self.wsgi_app)
-        http = make_server(
-            activity, host, port, server=server, threads=threads, underscore_headers=self.underscore_headers
-        )
+        try:
+            http = make_server(
+                activity, host, port, server=server, threads=threads, underscore_headers=self.underscore_headers
+            )
+        except OSError as e:
+            return report(bind_error(host, port, e))
         with self._lifecycle_lock:
             self._http = http
         return self._block(http, IdleTrimmer(activity, release=self._release_cached_memory))
@@ -496,9 +509,11 @@ class Node:
                 if self._state == _NEW:
                     try:
                         self.start()
-                    except BaseException:
+                    except BaseException as e:
                         if http is not None:
                             http.stop(1.0)
+                        if isinstance(e, ConfigError):
+                            return report(e)
                         raise
                 if http is not None:
                     http.start()

@@ -255,24 +255,24 @@ def test_a_failing_step_exits_1_and_names_it(tmp_path: Path) -> None:
     wait_for(lambda: not llnode_threads(), timeout=5, what=f'llnode threads to end: {llnode_threads()}')
 
 
-def test_a_loop_port_in_use_fails_the_first_step(tmp_path: Path) -> None:
+def test_a_loop_port_in_use_is_a_start_up_error(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(('127.0.0.1', 0))
         taken.listen()
         port = taken.getsockname()[1]
         report_path = tmp_path / 'report.json'
-        err = io.StringIO()
+        out, err = io.StringIO(), io.StringIO()
         code = demo_main(
             small_args(tmp_path, '--port', str(port), '--report-json', str(report_path)),
             parts=stand_in_parts(),
             timings=FAST,
-            stdout=io.StringIO(),
+            stdout=out,
             stderr=err,
         )
-    assert code == EXIT_FAILED
-    report = json.loads(report_path.read_text())
-    assert report['failed_step'] == 'loop' and 'Address already in use' in report['error']
-    assert "step 'loop' failed" in err.getvalue()
+    assert code == EXIT_USAGE and out.getvalue() == '' and not report_path.exists()
+    assert err.getvalue() == (
+        f'llnode demo: port {port} on 127.0.0.1 is in use: stop the other process or pick another port with --port\n'
+    )
 
 
 def test_a_model_below_the_f1_floor_fails_the_last_step(tmp_path: Path) -> None:
