@@ -507,6 +507,7 @@ class Store:
                 recipe['categories'],
                 width=recipe.get('width', demo.WIDTH),
                 height=recipe.get('height', demo.HEIGHT),
+                boxes=recipe.get('boxes'),
             )
         )
         write_bytes(path, jpeg)
@@ -766,8 +767,11 @@ class Store:
         return model, self.model_path(model_id, model_format)
 
     def next_training_number(self, organization: str, project: str) -> int:
+        """One above the highest number a training used: a training the trainer refused used none (it may have
+        started nothing), one it accepted or did not answer did (it may be running)."""
         row = self._one(
             'SELECT MAX(n) AS n FROM (SELECT MAX(number) AS n FROM trainings WHERE organization = ? AND project = ? '
+            "AND (accepted = 1 OR ack IS NULL OR ack = 'null') "
             'UNION ALL SELECT MAX(training_number) FROM models WHERE organization = ? AND '
             'project = ?)',
             (organization, project, organization, project),

@@ -145,6 +145,48 @@ def test_generator_and_project_deletion(local_loop: LocalLoop) -> None:
     assert session.delete(base, timeout=10).status_code == 404
 
 
+def test_the_generator_honours_annotation_and_detection_counts(local_loop: LocalLoop) -> None:
+    session = login(local_loop)
+    generator = f'{local_loop.url}/api/zauberzeug/projects/generator'
+    recipe = {'project_name': 'counted', 'inbox': 2, 'annotate': 1, 'review': 1, 'complete': 3}
+    recipe |= {'box_categories': 2, 'trainings': 2, 'box_annotations': 2, 'box_detections': 3}
+    assert session.post(generator, json=recipe, timeout=30).status_code == 200
+    control = f'{local_loop.url}/control/projects/zauberzeug/counted'
+    images = session.get(f'{control}/images', timeout=10).json()['images']
+    assert sorted(i['state'] for i in images) == [
+        'annotate',
+        'complete',
+        'complete',
+        'complete',
+        'inbox',
+        'inbox',
+        'review',
+    ]
+    version = session.get(f'{control}/models', timeout=10).json()['models'][-1]['version']
+    for listed in images:
+        item = session.get(f'{control}/images/{listed["id"]}', timeout=10).json()
+        expected = 2 if item['state'] in ('complete', 'review') else 0
+        assert len(item['box_annotations']) == expected, item
+        (detections,) = item['detections']
+        assert len(detections['box_detections']) == 3
+        assert {d['model_name'] for d in detections['box_detections']} == {version}
+        if expected:  # the first detections lie on the drawn, annotated boxes
+            first = detections['box_detections'][0]
+            assert {k: first[k] for k in ('x', 'y', 'width', 'height')} in [
+                {k: a[k] for k in ('x', 'y', 'width', 'height')} for a in item['box_annotations']
+            ]
+    recipe = {'project_name': 'unannotated', 'complete': 2, 'box_annotations': 0}
+    assert session.post(generator, json=recipe, timeout=30).status_code == 200
+    control = f'{local_loop.url}/control/projects/zauberzeug/unannotated'
+    for listed in session.get(f'{control}/images', timeout=10).json()['images']:
+        item = session.get(f'{control}/images/{listed["id"]}', timeout=10).json()
+        assert item['box_annotations'] == [] and item['detections'] == []
+        image = session.get(
+            f'{local_loop.url}/api/zauberzeug/projects/unannotated/images/{listed["id"]}/main', timeout=10
+        )
+        assert image.status_code == 200 and image.content.startswith(b'\xff\xd8')
+
+
 def run_control(loop: LocalLoop, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = control_main(['--url', loop.url, '--user', 'u:p', *args])
     captured = capsys.readouterr()
