@@ -39,8 +39,8 @@ from llnode.config import user_path
 from llnode.demo.loop_ui import LoopUI
 from llnode.demo.parts import Boxes, DemoParts
 from llnode.demo.plan import DemoPlan
-from llnode.demo.progress import ProgressLine
-from llnode.demo.report import DemoReport, StepRecord, TrainingRecord
+from llnode.demo.progress import ProgressLine, training_fraction
+from llnode.demo.report import DemoReport, StepRecord, TrainingRecord, training_label
 from llnode.demo.served import ServedNode
 from llnode.detector.node import DetectorNode
 from llnode.localloop import LocalLoop
@@ -235,7 +235,7 @@ class ActiveLearningDemo:
             training.seconds = round(time.monotonic() - started, 2)
             training.model_id, training.model_version = model['id'], model['version']
             f1 = '' if training.trainer_f1 is None else f', trainer reported F1 {training.trainer_f1:.3f}'
-            record.detail = f'training {number} -> model {model["version"]}{f1}'
+            record.detail = f'{training_label(k, number)} -> model {model["version"]}{f1}'
             return training
 
     def _deploy(self, k: int, training: TrainingRecord) -> None:
@@ -371,6 +371,7 @@ class ActiveLearningDemo:
         trainer = self._trainer()
         begun_at = next((t['created'] for t in ui.trainings() if t['number'] == number), '')
         seen_active = False
+        label = training_label(k, number)
         line = self._progress()
         deadline = time.monotonic() + self.plan.training_timeout
         try:
@@ -398,13 +399,14 @@ class ActiveLearningDemo:
                 if fresh and state == 'idle':
                     model = ui.model_of_training(number, self.parts.model_format)
                     if model is not None:
-                        line.update(1.0, f'training {k}: done', ' - '.join(details))
+                        line.update(1.0, f'{label}: done', ' - '.join(details))
                         return model
                     if errors or seen_active:
                         raise RuntimeError(f'the training ended without a model: {errors or "no error reported"}')
                 progress = status.get('progress')
-                fraction = float(progress) if isinstance(progress, (int, float)) else None
-                line.update(fraction, f'training {k}: {state if fresh else "starting"}', ' - '.join(details))
+                stage = float(progress) if isinstance(progress, (int, float)) else None
+                fraction = training_fraction(state, stage) if fresh else None
+                line.update(fraction, f'{label}: {state if fresh else "starting"}', ' - '.join(details))
                 if node and not node.get('connected'):
                     raise RuntimeError('the trainer lost its connection to the Loop')
                 if time.monotonic() > deadline:

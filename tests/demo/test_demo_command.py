@@ -411,11 +411,16 @@ def test_progress_on_a_terminal_redraws_one_line() -> None:
     stream = io.StringIO()
     line = ProgressLine(stream, tty=True, min_interval=0.0, width=10)
     line.update(0.5, 'training 1: running', 'epoch 3, F1 0.610')
-    line.update(None, 'training 1: running', 'F1 0.7')
+    line.update(None, 'training 1: running', 'F1 0.7')  # unknown now: the bar keeps what it showed
+    line.update(0.2, 'training 1: detecting', '')  # a new stage starts at 0: the bar does not go back
+    line.done()
+    line.update(None, 'next', '')  # a new line starts with an empty bar
     line.done()
     assert stream.getvalue() == (
         '\r[#####-----]  50% training 1: running: epoch 3, F1 0.610'
-        '\r[..........]   ?% training 1: running: F1 0.7' + ' ' * 11 + '\n'
+        '\r[#####-----]  50% training 1: running: F1 0.7' + ' ' * 11 + '\r[#####-----]  50% training 1: detecting'
+        + ' ' * 6
+        + '\n\r[..........]   ?% next\n'
     )
     assert bar(1.5, 4) == '[####] 100%' and bar(0.0, 4) == '[----]   0%'
 
@@ -429,7 +434,7 @@ def test_progress_into_a_log_writes_stages_and_the_last_state_only() -> None:
     line.update(None, 'next stage')
     line.done()
     line.done()
-    assert stream.getvalue() == 'test images: 1/10 (10%)\nnext stage\n'
+    assert stream.getvalue() == 'test images: 1/10 (10%)\nnext stage (100%)\n'  # the bar never goes back
     line.update(0.5, 'again', '1/2')
     line.update(1.0, 'again', '2/2')
     line.done()
