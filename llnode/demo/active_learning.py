@@ -234,13 +234,13 @@ class ActiveLearningDemo:
             model = self._follow_training(k, number, updates_before, training)
             training.seconds = round(time.monotonic() - started, 2)
             training.model_id, training.model_version = model['id'], model['version']
-            f1 = '' if training.trainer_f1 is None else f', trainer reported F1 {training.trainer_f1:.3f}'
+            f1 = '' if training.trainer_f1 is None else f', trainer F1 {training.trainer_f1:.3f}'
             record.detail = f'{training_label(k, number)} -> model {model["version"]}{f1}'
             return training
 
     def _deploy(self, k: int, training: TrainingRecord) -> None:
         version = training.model_version
-        with self._step(f'deploy-{k}', f'deploy model {version} and wait until the detector serves it') as record:
+        with self._step(f'deploy-{k}', f'deploy model {version}; the detector serves it') as record:
             if training.model_id is None or version is None:
                 raise RuntimeError('the training has no model to deploy')
             self._ui().deploy(training.model_id)
@@ -286,7 +286,7 @@ class ActiveLearningDemo:
                 raise RuntimeError(f'F1 {training.f1_test:.3f} is below the floor {self.plan.min_f1:.3f}')
 
     def _send_field_images(self) -> None:
-        title = 'a camera sees new images: the detector sends the uncertain ones back'
+        title = 'camera images to the detector; uncertain ones return'
         with self._step('outbox', title) as record:
             detector = self._detector()
             ui = self._ui()

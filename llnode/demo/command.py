@@ -60,7 +60,9 @@ def demo_parser() -> argparse.ArgumentParser:
         "detector's outbox into a second training. Progress on stderr, the report on stdout.",
     )
     parser.add_argument(
-        '--quick', action='store_true', help='a smaller run (fewer images and epochs): about 30 s on 2 CPU cores'
+        '--quick',
+        action='store_true',
+        help="a smaller run (fewer images, shorter trainings) in at most half the full run's time",
     )
     parser.add_argument(
         '--data',

@@ -39,7 +39,8 @@ def torch_parts() -> DemoParts:
     def trainer_logic(plan: DemoPlan) -> TrainerLogic:
         from llnode.demo.torch_trainer import ShapesTrainer
 
-        return ShapesTrainer() if plan.epochs is None else ShapesTrainer(epochs=plan.epochs)
+        options = {name: value for name in ('epochs', 'batch_size') if (value := getattr(plan, name)) is not None}
+        return ShapesTrainer(**options)
 
     def detector_factory(plan: DemoPlan) -> DetectorFactory:
         from llnode.demo.torch_detector import ShapesDetectorFactory

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,9 +23,9 @@ from llnode.cli import main as cli_main
 from llnode.demo.active_learning import ActiveLearningDemo, NodeTimings
 from llnode.demo.command import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, demo_main
 from llnode.demo.parts import Boxes, DemoParts
-from llnode.demo.plan import QUICK, DemoPlan, PlanError
-from llnode.demo.progress import ProgressLine, bar
-from llnode.demo.report import DemoReport, StepRecord, TrainingRecord
+from llnode.demo.plan import FULL, QUICK, DemoPlan, PlanError
+from llnode.demo.progress import TRAINING_STAGES, ProgressLine, bar, training_fraction
+from llnode.demo.report import DemoReport, StepRecord, TrainingRecord, UploadRecord
 from llnode.detector import DetectorFactory, DetectorLogic
 from llnode.localloop.demo import true_annotations
 from llnode.localloop.generator import DEMO_ORGANIZATION as ORGANIZATION
@@ -418,7 +419,9 @@ def test_progress_on_a_terminal_redraws_one_line() -> None:
     line.done()
     assert stream.getvalue() == (
         '\r[#####-----]  50% training 1: running: epoch 3, F1 0.610'
-        '\r[#####-----]  50% training 1: running: F1 0.7' + ' ' * 11 + '\r[#####-----]  50% training 1: detecting'
+        '\r[#####-----]  50% training 1: running: F1 0.7'
+        + ' ' * 11
+        + '\r[#####-----]  50% training 1: detecting'
         + ' ' * 6
         + '\n\r[..........]   ?% next\n'
     )
@@ -453,3 +456,52 @@ def test_the_report_names_the_failed_step_in_text_and_json(tmp_path: Path) -> No
     data = json.loads((tmp_path / 'r.json').read_text())
     assert data['ok'] is False and data['failed_step'] == 'training-1' and data['trainings'][0]['f1_test'] == 0.5
     assert [s['ok'] for s in data['steps']] == [True, False] and '_started' not in data
+
+
+def test_the_training_fraction_only_grows_through_the_trainers_stages() -> None:
+    shown = [
+        training_fraction(state, progress)
+        for state, _ in TRAINING_STAGES
+        for progress in (None, 0.0, 0.5, 1.0)  # every stage reports its own progress from 0 again
+    ]
+    assert all(isinstance(f, float) for f in shown)
+    assert shown == sorted(shown) and shown[0] == 0.0 and 0.99 <= shown[-1] <= 1.0  # type: ignore[type-var]
+    assert training_fraction('idle', 0.5) is None and training_fraction('blocked', None) is None
+
+
+def full_report() -> DemoReport:
+    report = DemoReport(plan=FULL.to_dict())
+    report.trainings = [
+        TrainingRecord(4, 'id-1', '1.3', 0.8431, 0.9123, 9, 51, 13, 20.0),
+        TrainingRecord(5, 'id-2', '1.4', 0.9812, 0.9634, 10, 136, 33, 25.0),
+    ]
+    report.uploads = UploadRecord(120, 85, 85, 85, 5)
+    report.steps = [
+        StepRecord('outbox', 'a camera sees new images: the detector sends the uncertain ones back', 12.25, True,
+                   '85 of 120 images picked, 85 arrived in 5 batches'),
+        StepRecord('deploy-2', 'deploy model 1.4 and wait until the detector serves it', 3.5, False,
+                   'RuntimeError: timed out after 120 s waiting for the detector to serve 1.4 (a long reason here)'),
+    ]  # fmt: skip
+    report.failed_step, report.error = 'deploy-2', 'RuntimeError: timed out after 120 s waiting for the detector'
+    return report
+
+
+def test_the_report_fits_80_columns_and_states_the_f1_change() -> None:
+    text = full_report().render()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    changes = [line for line in text.splitlines() if 'F1 change' in line]
+    assert changes == ['  F1 change: 0.843 -> 0.981 (+0.138) from model 1.3 to model 1.4']
+    assert '  training 1 (Loop #4): model 1.3, F1 0.843 on the 60 test images' in text
+    assert '  training 2 (Loop #5): model 1.4, F1 0.981 on the 60 test images' in text
+    single = DemoReport(plan=FULL.to_dict(), trainings=[TrainingRecord(4, model_version='1.3', f1_test=0.5)])
+    assert 'F1 change' not in single.render()
+
+
+def test_progress_and_report_number_trainings_the_same_way(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = demo_main(small_args(tmp_path), parts=stand_in_parts(), timings=FAST, stdout=out, stderr=err)
+    assert code == EXIT_OK, err.getvalue()
+    progress_names = set(re.findall(r'training \d+ \(Loop #\d+\)', err.getvalue()))
+    report_names = set(re.findall(r'training \d+ \(Loop #\d+\)', out.getvalue()))
+    assert progress_names == report_names == {'training 1 (Loop #4)', 'training 2 (Loop #5)'}
+    assert not re.search(r'training [45]\b', out.getvalue() + err.getvalue())  # no second numbering
