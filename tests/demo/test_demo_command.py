@@ -505,3 +505,15 @@ def test_progress_and_report_number_trainings_the_same_way(tmp_path: Path) -> No
     report_names = set(re.findall(r'training \d+ \(Loop #\d+\)', out.getvalue()))
     assert progress_names == report_names == {'training 1 (Loop #4)', 'training 2 (Loop #5)'}
     assert not re.search(r'training [45]\b', out.getvalue() + err.getvalue())  # no second numbering
+
+
+def test_the_quick_plan_does_at_most_half_the_full_plans_work() -> None:
+    """Training dominates the demo's time: image passes (epochs x images, the camera images counted as all coming
+    back) must halve at least. Measured in ``bench/demo.py``; this guards the plans."""
+
+    def image_passes(plan: DemoPlan) -> int:
+        assert plan.epochs is not None
+        return plan.epochs * plan.loop_images + plan.epochs * (plan.loop_images + plan.field_images)
+
+    assert image_passes(QUICK) <= image_passes(FULL) / 2
+    assert QUICK.test_images <= FULL.test_images / 2 and QUICK.field_images <= FULL.field_images / 2
