@@ -3,6 +3,7 @@ item 3): every ``llnode`` command, every sample, and ``Node.serve()``/``run()``.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -16,6 +17,7 @@ import pytest
 
 from llnode.config import Settings
 from llnode.node.node import Node
+from llnode.startup import bind_error
 from tests.samples import REPO
 
 #: a log record as the samples format them (``logging.basicConfig`` in each sample)
@@ -193,3 +195,27 @@ def test_serve_and_run_turn_a_start_up_error_into_one_line(
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and f'port {busy_port} on 127.0.0.1 is in use' in err
     assert not busy.running
+
+
+@pytest.mark.parametrize(
+    ('error', 'expected'),
+    [
+        (OSError(errno.EADDRINUSE, 'x'), 'port 8004 on 0.0.0.0 is in use: stop the other process or pick another'),
+        (OSError(errno.EACCES, 'x'), 'port 8004 on 0.0.0.0 needs privileges: pick a port above 1023 with --port'),
+        (OSError(errno.EADDRNOTAVAIL, 'x'), 'cannot listen on 0.0.0.0: not an address of this machine'),
+        (socket.gaierror(socket.EAI_NONAME, 'x'), 'cannot listen on 0.0.0.0: not an address of this machine'),
+        (OSError(errno.EINVAL, 'Invalid argument'), 'cannot listen on 0.0.0.0:8004: Invalid argument: pick another'),
+    ],
+)
+def test_bind_errors_name_the_address_and_the_fix(error: OSError, expected: str) -> None:
+    assert str(bind_error('0.0.0.0', 8004, error)).startswith(expected)
+
+
+@pytest.mark.parametrize('server', ['waitress', 'werkzeug'])
+def test_serve_on_a_host_that_does_not_resolve_is_one_line(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = Node('unresolved', settings=Settings(data_folder=tmp_path / 'node'))
+    assert node.serve('nonexistent.invalid', 0, server=server) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'cannot listen on nonexistent.invalid: not an address of this machine' in err
