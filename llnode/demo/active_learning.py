@@ -76,17 +76,18 @@ class DemoInterrupted(Exception):
 class NodeTimings:
     """How briskly the demo's nodes and waits move; tests make them faster."""
 
-    #: the trainer's status cycle (the Loop sees its state this often) and least time between metrics sends
-    trainer_repeat: float = 1.0
+    #: the trainer's status cycle (the Loop sees its state this often; the demo sees a training end through it, so
+    #: a long cycle adds its length to every training) and least time between metrics sends
+    trainer_repeat: float = 0.25
     trainer_metrics_interval: float = 1.0
     #: a failing training stage is retried after these delays and given up after ``trainer_max_attempts``
     trainer_retry_delay: float = 1.0
     trainer_max_retry_delay: float = 5.0
     trainer_max_attempts: int = 3
     #: the detector's repeat cycle: how soon it sees a new deployment target
-    detector_repeat: float = 0.5
+    detector_repeat: float = 0.25
     #: how often a wait asks the Loop again
-    poll: float = 0.25
+    poll: float = 0.1
 
 
 class ActiveLearningDemo:
