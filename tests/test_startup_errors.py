@@ -17,7 +17,7 @@ import pytest
 
 from llnode.config import Settings
 from llnode.node.node import Node
-from llnode.startup import bind_error
+from llnode.startup import bind_error, program_name
 from tests.samples import REPO
 
 #: a log record as the samples format them (``logging.basicConfig`` in each sample)
@@ -178,17 +178,14 @@ class LoopNode(Node):
 def test_serve_and_run_turn_a_start_up_error_into_one_line(
     busy_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = Settings(host='127.0.0.1:1', data_folder=tmp_path / 'node')
-    node = LoopNode('no project', settings=settings)
+    missing = tmp_path / 'missing-ca.pem'
+    settings = Settings(host='127.0.0.1:1', data_folder=tmp_path / 'node', ssl_cert_path=str(missing))
+    node = LoopNode('no CA bundle', settings=settings)  # its Loop client is built in start()
     assert node.run() == 2
-    assert (
-        capsys.readouterr()
-        .err.splitlines()[-1]
-        .endswith(
-            'LOOP_ORGANIZATION and LOOP_PROJECT must be set to reach a project: set them to the organization and '
-            'project ids the Loop shows (llnode loop prints them)'
-        )
-    )
+    assert capsys.readouterr().err.splitlines() == [
+        f'{program_name()}: LOOP_SSL_CERT_PATH={missing} is not a readable file: point it at the CA bundle (PEM) '
+        "that signed the Loop's certificate, or unset it"
+    ]
     assert not node.running
     busy = Node('busy', settings=settings)
     assert busy.serve('127.0.0.1', busy_port) == 2

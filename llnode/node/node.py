@@ -387,7 +387,6 @@ class Node:
             self._state = _STARTING
         try:
             if self.needs_loop_client or self.needs_loop_socket:
-                self._settings.project_path  # noqa: B018  (a ConfigError naming LOOP_ORGANIZATION/LOOP_PROJECT)
                 self._loop_client = self._loop_client_factory(self._settings)
             if self.needs_loop_socket:
                 with self._link_lock:

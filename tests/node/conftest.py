@@ -35,7 +35,7 @@ def new_threads_gone(before: set[threading.Thread], timeout: float = 5.0, prefix
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(host='127.0.0.1:1', organization='zauberzeug', project='demo', data_folder=tmp_path / 'data')
+    return Settings(host='127.0.0.1:1', data_folder=tmp_path / 'data')
 
 
 class Served:
