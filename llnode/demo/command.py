@@ -34,6 +34,9 @@ logger = logging.getLogger('llnode.demo')
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+#: Longest wait at the end for the thread that imports torch ahead of the first training (it is long done by then).
+PRELOAD_JOIN_TIMEOUT = 30.0
+
 #: The local Loop of the demo listens here (loopback only).
 DEMO_HOST = '127.0.0.1'
 
@@ -186,10 +189,12 @@ def demo_main(
         return report_startup_error(e, 'llnode demo', stream=err)
 
     from llnode.demo.active_learning import ActiveLearningDemo
-    from llnode.demo.parts import torch_parts
+    from llnode.demo.parts import preload_torch, torch_parts
 
+    preload = None
     if parts is None:
-        quiet_waiting_threads()
+        quiet_waiting_threads()  # before torch is imported
+        preload = preload_torch()
     temporary = args.data is None
     data = Path(tempfile.mkdtemp(prefix='llnode-demo-')) if temporary else args.data
     stopping = threading.Event()
@@ -214,6 +219,8 @@ def demo_main(
             report = demo.run()
     finally:
         demo.shutdown()
+        if preload is not None:
+            preload.join(PRELOAD_JOIN_TIMEOUT)
         root.removeHandler(handler)
         root.setLevel(previous_level)
         if temporary:

