@@ -217,7 +217,7 @@ class ActiveLearningDemo:
                 timeout=self.plan.serve_timeout,
                 what='the trainer to connect to the Loop',
             )
-            record.detail = f'{node.name} served at {self.trainer.url}'
+            record.detail = f'{node.name} at {self.trainer.url}'
 
     def _train(self, k: int) -> TrainingRecord:
         title = 'train a first model' if k == 1 else 'train again, with the annotated images'
@@ -287,7 +287,7 @@ class ActiveLearningDemo:
                 raise RuntimeError(f'F1 {training.f1_test:.3f} is below the floor {self.plan.min_f1:.3f}')
 
     def _send_field_images(self) -> None:
-        title = 'camera images to the detector; uncertain ones return'
+        title = 'camera images; the uncertain ones return'
         with self._step('outbox', title) as record:
             detector = self._detector()
             ui = self._ui()
