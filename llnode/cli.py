@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: llnode <command> [options]
+USAGE = """usage: llnode [--version] <command> [options]
 
 commands:
   loop      run a local Learning Loop server (llnode loop --help)
@@ -19,19 +19,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ('-h', '--help'):
         print(USAGE, end='')
         return 0
+    if args[0] in ('-V', '--version'):
+        from llnode import __version__
+
+        print(f'llnode {__version__}')
+        return 0
     command, rest = args[0], args[1:]
+    from llnode.startup import run_main
+
     if command == 'loop':
         from llnode.localloop.command import loop_main
 
-        return loop_main(rest)
+        return run_main(lambda: loop_main(rest), 'llnode loop')
     if command == 'control':
         from llnode.localloop.command import control_main
 
-        return control_main(rest)
+        return run_main(lambda: control_main(rest), 'llnode control')
     if command == 'demo':
         from llnode.demo.command import demo_main
 
-        return demo_main(rest)
+        return run_main(lambda: demo_main(rest), 'llnode demo')
     print(f'llnode: unknown command {command!r}\n\n{USAGE}', end='', file=sys.stderr)
     return 2
 

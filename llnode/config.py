@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,12 +189,27 @@ def setting_default(variable: EnvironmentVariable) -> str:
     return str(value)
 
 
+#: What ``VERSION_CONTROL_DEFAULT`` accepts (case-insensitive), as the reference does.
+VERSION_CONTROL_MODES = ('pause', 'follow_loop')
+
+#: Settings whose values are secrets: a message names the variable, never the value.
+SECRETS = frozenset({'password'})
+
 _TRUE = {'1', 'true', 'yes', 'on'}
 _FALSE = {'0', 'false', 'no', 'off', ''}
 
 
 class ConfigError(ValueError):
-    """A setting has a value llnode cannot use; the message names the variable."""
+    """A setting has a value llnode cannot use; the message names the variable and how to fix it."""
+
+
+def user_path(path: str | os.PathLike[str]) -> Path:
+    """A path a user gave (argument, variable, constructor), made absolute against the working directory now.
+
+    Called once where the path enters llnode, so nothing later depends on the working directory: a logic that
+    calls ``os.chdir`` (as many real models' build code does) cannot move llnode's files. ``~`` is expanded.
+    """
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
 @dataclass(frozen=True)
@@ -205,7 +221,8 @@ class Settings:
 
     host: str = DEFAULT_HOST
     username: str = ''
-    password: str = ''
+    #: Never shown: left out of ``repr`` and of every log line and message llnode writes.
+    password: str = field(default='', repr=False)
     organization: str = ''
     project: str = ''
     ssl_cert_path: str = ''
@@ -228,11 +245,18 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, 'data_folder', Path(self.data_folder))
-        if self.version_control_default.lower() == 'pause':
-            object.__setattr__(self, 'version_control_default', 'pause')
-        else:
-            object.__setattr__(self, 'version_control_default', 'follow_loop')
+        object.__setattr__(self, 'data_folder', user_path(self.data_folder))
+        for name in ('ssl_cert_path', 'training_slot_lock'):  # '' means unset
+            value = getattr(self, name)
+            if value.strip():
+                object.__setattr__(self, name, str(user_path(value.strip())))
+        mode = str(self.version_control_default).strip().lower()
+        if mode not in VERSION_CONTROL_MODES:
+            raise ConfigError(
+                f'{self._name("version_control_default")}={self.version_control_default!r} is not a version '
+                f'control mode: use one of {", ".join(VERSION_CONTROL_MODES)}'
+            )
+        object.__setattr__(self, 'version_control_default', mode)
         if self.sync_cycles < 1:
             raise ConfigError(f'{self._name("sync_cycles")} must be a positive integer, got {self.sync_cycles}')
         if self.max_outbox_size < 1:
@@ -259,7 +283,7 @@ class Settings:
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for name, (primary, alias) in ALIASES.items():
-            resolved = resolve_alias(env, primary, alias)
+            resolved = resolve_alias(env, primary, alias, secret=name in SECRETS)
             if resolved is not None:
                 values[name], sources[name] = resolved
         types = {f.name: f.type for f in dataclasses.fields(cls)}
@@ -303,29 +327,48 @@ class Settings:
         """``/{org}/projects/{project}``, the prefix of every project route (below ``/api``)."""
         if not self.organization or not self.project:
             missing = [self._name(n) for n in ('organization', 'project') if not getattr(self, n)]
-            raise ConfigError(f'{" and ".join(missing)} must be set to reach a project')
+            raise ConfigError(
+                f'{" and ".join(missing)} must be set to reach a project: set them to the organization and '
+                'project ids the Loop shows (llnode loop prints them)'
+            )
         return f'/{self.organization}/projects/{self.project}'
 
     def ensure_data_folder(self) -> Path:
-        """Create the data folder if needed; a folder that cannot be created is a clear error."""
-        try:
-            self.data_folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f'{self._name("data_folder")}={self.data_folder} cannot be created: {e}') from e
-        if not os.access(self.data_folder, os.W_OK | os.X_OK):
-            raise ConfigError(f'{self._name("data_folder")}={self.data_folder} is not writable')
-        return self.data_folder
+        """Create the data folder if needed; one that cannot be created or written is a clear error."""
+        return writable_folder(self.data_folder, self._name('data_folder'))
 
 
-def resolve_alias(env: Mapping[str, str], primary: str, alias: str) -> tuple[str, str] | None:
+def writable_folder(folder: Path, name: str, fix: str | None = None) -> Path:
+    """Create ``folder`` if needed and prove it writable by writing a file there (``os.access`` says yes to root
+    even on a read-only mount); otherwise a :class:`ConfigError` naming ``name`` (a variable or option) and ``fix``.
+    """
+    fix = fix or f'set {name} to a folder this user may write, or fix its permissions'
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix='.llnode-write-test-', dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as e:
+        exists = folder.is_dir()
+        problem = 'is not writable' if exists else 'cannot be created'
+        reason = e.strerror or str(e)
+        raise ConfigError(f'{name}={folder} {problem} ({reason}): {fix}') from e
+    return folder
+
+
+def resolve_alias(env: Mapping[str, str], primary: str, alias: str, *, secret: bool = False) -> tuple[str, str] | None:
     """Resolve a ``LOOP_X`` / ``X`` pair: unset and empty values are ignored; on conflict ``LOOP_X`` wins.
 
-    Returns ``(value, variable name)`` or ``None`` when neither is set.
+    Returns ``(value, variable name)`` or ``None`` when neither is set. The conflict warning names the values,
+    except for a ``secret`` (a password), where it names only the variables.
     """
     first = env.get(primary) or None
     second = env.get(alias) or None
     if first is not None and second is not None and first != second:
-        logger.warning('%s=%r and %s=%r differ; using %s=%r', primary, first, alias, second, primary, first)
+        if secret:
+            logger.warning('%s and %s are set to different values; using %s', primary, alias, primary)
+        else:
+            logger.warning('%s=%r and %s=%r differ; using %s=%r', primary, first, alias, second, primary, first)
     if first is not None:
         return first, primary
     if second is not None:
@@ -345,12 +388,12 @@ def _parse(var: str, raw: str, type_name: str) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise ConfigError(f'{var}={raw!r} is not an integer') from None
+            raise ConfigError(f'{var}={raw!r} is not an integer: set a whole number') from None
     if type_name == 'float':
         try:
             return float(text)
         except ValueError:
-            raise ConfigError(f'{var}={raw!r} is not a number') from None
+            raise ConfigError(f'{var}={raw!r} is not a number: set a number such as 0.5') from None
     if type_name == 'Path':
         return Path(text)
     if type_name == 'str | None':

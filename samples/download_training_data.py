@@ -13,17 +13,18 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from llnode import Settings
+from llnode.config import user_path
 from llnode.loop.errors import LoopError
 from llnode.loop.exchange import DataExchange
 from llnode.loop.http import LoopClient
+from llnode.startup import run_main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', type=Path, default=Path('dataset'), help='target folder (default: ./dataset)')
+    parser.add_argument('--out', type=user_path, default='dataset', help='target folder (default: ./dataset)')
     parser.add_argument('--state', default='complete', help='image state to download (default: complete)')
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
@@ -50,4 +51,4 @@ def main() -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))  # a start-up error: one line on stderr, exit code 2

@@ -24,6 +24,7 @@ import numpy as np
 from llnode.detector import DetectorFactory, DetectorLogic, DetectorNode
 from llnode.helpers import node_parser, run_node
 from llnode.schema import BoxDetection, ImageMetadata, ModelInformation, PointDetection
+from llnode.startup import run_main
 
 
 class MockLogic(DetectorLogic):
@@ -84,4 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))  # a start-up error: one line on stderr, exit code 2

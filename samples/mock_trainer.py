@@ -39,6 +39,7 @@ from llnode.schema import (
     SegmentationDetection,
     Shape,
 )
+from llnode.startup import run_main
 from llnode.trainer.logic import BestState, TrainingRun
 from llnode.trainer.node import TrainerNode
 from llnode.trainer.subprocess_logic import Command, SubprocessTrainerLogic
@@ -219,4 +220,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))  # a start-up error: one line on stderr, exit code 2

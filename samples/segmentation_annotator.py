@@ -42,6 +42,7 @@ from PIL import Image
 from llnode.annotator import AnnotatorLogic, AnnotatorNode
 from llnode.helpers import node_parser, run_node
 from llnode.schema import AnnotationEventType, Point, SegmentationAnnotation, Shape, ToolOutput, UserInput
+from llnode.startup import run_main
 
 logger = logging.getLogger('segmentation_annotator')
 
@@ -340,4 +341,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))  # a start-up error: one line on stderr, exit code 2

@@ -20,6 +20,7 @@ import sys
 from llnode.demo.torch_detector import ShapesDetectorFactory
 from llnode.detector import DetectorNode
 from llnode.helpers import node_parser, run_node
+from llnode.startup import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))  # a start-up error: one line on stderr, exit code 2

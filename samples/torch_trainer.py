@@ -24,6 +24,7 @@ import sys
 
 from llnode.demo.torch_trainer import ShapesTrainer
 from llnode.helpers import node_parser, run_node
+from llnode.startup import run_main
 from llnode.trainer.node import TrainerNode
 
 
@@ -52,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))  # a start-up error: one line on stderr, exit code 2

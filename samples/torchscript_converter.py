@@ -31,6 +31,7 @@ from torch import nn
 
 from llnode.converter import ConversionError, ConverterLogic, ConverterNode
 from llnode.helpers import node_parser, run_node
+from llnode.startup import run_main
 
 SOURCE_FORMAT = 'torch_state_dict'
 TARGET_FORMAT = 'torchscript'
@@ -119,4 +120,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_main(main))  # a start-up error: one line on stderr, exit code 2

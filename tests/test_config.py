@@ -144,3 +144,28 @@ def test_data_folder_that_cannot_be_created_names_the_variable(tmp_path: Path) -
         locked.mkdir(mode=0o500)
         with pytest.raises(ConfigError, match='DATA_FOLDER'):
             Settings(data_folder=locked / 'sub').ensure_data_folder()
+
+
+@pytest.mark.parametrize(('raw', 'mode'), [('pause', 'pause'), ('PAUSE', 'pause'), ('Follow_Loop', 'follow_loop')])
+def test_version_control_default_accepts_the_references_values(raw: str, mode: str) -> None:
+    assert Settings.from_env({'VERSION_CONTROL_DEFAULT': raw}).version_control_default == mode
+
+
+@pytest.mark.parametrize('raw', ['frozen', 'paused', 'follow'])
+def test_version_control_default_refuses_anything_else(raw: str) -> None:
+    with pytest.raises(ConfigError, match=rf'VERSION_CONTROL_DEFAULT={raw!r} .*pause, follow_loop'):
+        Settings.from_env({'VERSION_CONTROL_DEFAULT': raw})
+    with pytest.raises(ConfigError, match='VERSION_CONTROL_DEFAULT'):
+        Settings(version_control_default=raw)
+
+
+def test_conflicting_passwords_are_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    env = {'LOOP_PASSWORD': 'secret-one', 'PASSWORD': 'secret-two', 'LOOP_HOST': 'a:1', 'HOST': 'b:2'}
+    with caplog.at_level(logging.DEBUG, logger='llnode'):
+        settings = Settings.from_env(env)
+    assert settings.password == 'secret-one'
+    text = caplog.text
+    assert 'LOOP_PASSWORD' in text and 'PASSWORD' in text  # the conflict is still reported
+    assert 'secret-one' not in text and 'secret-two' not in text
+    assert "'a:1'" in text  # values that are no secret are still named
+    assert 'secret-one' not in repr(settings) and 'secret-one' not in str(settings)

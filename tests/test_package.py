@@ -70,3 +70,18 @@ def test_building_servers_and_clients_adds_no_log_handlers(tmp_path: Path) -> No
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == 'ok'
+
+
+def test_license_and_changelog_ship_with_this_release() -> None:
+    root = PACKAGE.parent
+    license_text = (root / 'LICENSE').read_text()
+    assert license_text.startswith('MIT License') and 'WITHOUT WARRANTY' in license_text
+    assert 'license = MIT' in (root / 'setup.cfg').read_text()
+    changelog = (root / 'CHANGELOG.rst').read_text().splitlines()
+    versions = [line.split()[0] for line in changelog if re.match(r'^\d+\.\d+\.\d+ ', line)]
+    assert versions and versions[0] == llnode.__version__  # the newest section is this release
+
+
+def test_version_option() -> None:
+    done = subprocess.run(['llnode', '--version'], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == f'llnode {llnode.__version__}'

@@ -35,11 +35,12 @@ from typing import Any, TextIO
 
 import requests
 
+from llnode.config import user_path
 from llnode.demo.loop_ui import LoopUI
 from llnode.demo.parts import Boxes, DemoParts
 from llnode.demo.plan import DemoPlan
-from llnode.demo.progress import ProgressLine
-from llnode.demo.report import DemoReport, StepRecord, TrainingRecord
+from llnode.demo.progress import ProgressLine, training_fraction
+from llnode.demo.report import DemoReport, StepRecord, TrainingRecord, training_label
 from llnode.demo.served import ServedNode
 from llnode.detector.node import DetectorNode
 from llnode.localloop import LocalLoop
@@ -75,17 +76,18 @@ class DemoInterrupted(Exception):
 class NodeTimings:
     """How briskly the demo's nodes and waits move; tests make them faster."""
 
-    #: the trainer's status cycle (the Loop sees its state this often) and least time between metrics sends
-    trainer_repeat: float = 1.0
+    #: the trainer's status cycle (the Loop sees its state this often; the demo sees a training end through it, so
+    #: a long cycle adds its length to every training) and least time between metrics sends
+    trainer_repeat: float = 0.25
     trainer_metrics_interval: float = 1.0
     #: a failing training stage is retried after these delays and given up after ``trainer_max_attempts``
     trainer_retry_delay: float = 1.0
     trainer_max_retry_delay: float = 5.0
     trainer_max_attempts: int = 3
     #: the detector's repeat cycle: how soon it sees a new deployment target
-    detector_repeat: float = 0.5
+    detector_repeat: float = 0.25
     #: how often a wait asks the Loop again
-    poll: float = 0.25
+    poll: float = 0.1
 
 
 class ActiveLearningDemo:
@@ -110,7 +112,7 @@ class ActiveLearningDemo:
         #: leave the local Loop (and its web UI) serving after the run; :meth:`shutdown` stops it later
         self.keep_loop = keep_loop
         self.parts = parts
-        self.data_dir = Path(data_dir)
+        self.data_dir = user_path(data_dir)
         self.port = port
         self.stream = stream if stream is not None else sys.stderr
         self.tty = tty
@@ -220,7 +222,7 @@ class ActiveLearningDemo:
                 timeout=self.plan.serve_timeout,
                 what='the trainer to connect to the Loop',
             )
-            record.detail = f'{node.name} served at {self.trainer.url}'
+            record.detail = f'{node.name} at {self.trainer.url}'
 
     def _train(self, k: int) -> TrainingRecord:
         title = 'train a first model' if k == 1 else 'train again, with the annotated images'
@@ -238,13 +240,13 @@ class ActiveLearningDemo:
             model = self._follow_training(k, number, updates_before, training)
             training.seconds = round(time.monotonic() - started, 2)
             training.model_id, training.model_version = model['id'], model['version']
-            f1 = '' if training.trainer_f1 is None else f', trainer reported F1 {training.trainer_f1:.3f}'
-            record.detail = f'training {number} -> model {model["version"]}{f1}'
+            f1 = '' if training.trainer_f1 is None else f', trainer F1 {training.trainer_f1:.3f}'
+            record.detail = f'{training_label(k, number)} -> model {model["version"]}{f1}'
             return training
 
     def _deploy(self, k: int, training: TrainingRecord) -> None:
         version = training.model_version
-        with self._step(f'deploy-{k}', f'deploy model {version} and wait until the detector serves it') as record:
+        with self._step(f'deploy-{k}', f'deploy model {version}; the detector serves it') as record:
             if training.model_id is None or version is None:
                 raise RuntimeError('the training has no model to deploy')
             self._ui().deploy(training.model_id)
@@ -290,7 +292,7 @@ class ActiveLearningDemo:
                 raise RuntimeError(f'F1 {training.f1_test:.3f} is below the floor {self.plan.min_f1:.3f}')
 
     def _send_field_images(self) -> None:
-        title = 'a camera sees new images: the detector sends the uncertain ones back'
+        title = 'camera images; the uncertain ones return'
         with self._step('outbox', title) as record:
             detector = self._detector()
             ui = self._ui()
@@ -375,6 +377,7 @@ class ActiveLearningDemo:
         trainer = self._trainer()
         begun_at = next((t['created'] for t in ui.trainings() if t['number'] == number), '')
         seen_active = False
+        label = training_label(k, number)
         line = self._progress()
         deadline = time.monotonic() + self.plan.training_timeout
         try:
@@ -402,13 +405,14 @@ class ActiveLearningDemo:
                 if fresh and state == 'idle':
                     model = ui.model_of_training(number, self.parts.model_format)
                     if model is not None:
-                        line.update(1.0, f'training {k}: done', ' - '.join(details))
+                        line.update(1.0, f'{label}: done', ' - '.join(details))
                         return model
                     if errors or seen_active:
                         raise RuntimeError(f'the training ended without a model: {errors or "no error reported"}')
                 progress = status.get('progress')
-                fraction = float(progress) if isinstance(progress, (int, float)) else None
-                line.update(fraction, f'training {k}: {state if fresh else "starting"}', ' - '.join(details))
+                stage = float(progress) if isinstance(progress, (int, float)) else None
+                fraction = training_fraction(state, stage) if fresh else None
+                line.update(fraction, f'{label}: {state if fresh else "starting"}', ' - '.join(details))
                 if node and not node.get('connected'):
                     raise RuntimeError('the trainer lost its connection to the Loop')
                 if time.monotonic() > deadline:

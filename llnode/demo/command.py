@@ -21,7 +21,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
+from llnode.config import ConfigError, user_path, writable_folder
 from llnode.demo.plan import FULL, QUICK, DemoPlan, PlanError
+from llnode.startup import check_port
+from llnode.startup import report as report_startup_error
 
 if TYPE_CHECKING:
     from llnode.demo.active_learning import NodeTimings
@@ -31,9 +34,15 @@ logger = logging.getLogger('llnode.demo')
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+#: Longest wait at the end for the thread that imports torch ahead of the first training (it is long done by then).
+PRELOAD_JOIN_TIMEOUT = 30.0
 
-class UsageError(ValueError):
-    """An argument the demo cannot run with."""
+#: The local Loop of the demo listens here (loopback only).
+DEMO_HOST = '127.0.0.1'
+
+
+class UsageError(ConfigError):
+    """An argument the demo cannot run with (a start-up error: one line, exit 2)."""
 
 
 def _port(text: str) -> int:
@@ -54,11 +63,13 @@ def demo_parser() -> argparse.ArgumentParser:
         "detector's outbox into a second training. Progress on stderr, the report on stdout.",
     )
     parser.add_argument(
-        '--quick', action='store_true', help='a smaller run (fewer images and epochs): about 30 s on 2 CPU cores'
+        '--quick',
+        action='store_true',
+        help="a smaller run (fewer images, shorter trainings) in at most half the full run's time",
     )
     parser.add_argument(
         '--data',
-        type=Path,
+        type=user_path,
         metavar='DIR',
         help="keep the Loop's data in DIR/loop (a new or empty folder, or one an earlier demo used; "
         'default: a temporary folder, deleted at the end)',
@@ -66,7 +77,7 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--port', type=_port, default=0, help="the local Loop's port on 127.0.0.1 (default: any free port)"
     )
-    parser.add_argument('--report-json', type=Path, metavar='PATH', help='also write the report as JSON to PATH')
+    parser.add_argument('--report-json', type=user_path, metavar='PATH', help='also write the report as JSON to PATH')
     parser.add_argument(
         '--serve-ui',
         action='store_true',
@@ -175,20 +186,23 @@ def demo_main(
         plan = plan_from(args)
         if args.data is not None:
             check_data_folder(args.data)
+            writable_folder(args.data, '--data', 'choose another folder with --data, or fix its permissions')
+        check_port(DEMO_HOST, args.port)
         if args.report_json is not None:
             check_report_path(args.report_json)
         level = logging.getLevelName(args.log_level.upper())
         if not isinstance(level, int):
             raise UsageError(f'--log-level {args.log_level}: not a logging level')
-    except UsageError as e:
-        err.write(f'llnode demo: {e}\n')
-        return EXIT_USAGE
+    except ConfigError as e:
+        return report_startup_error(e, 'llnode demo', stream=err)
 
     from llnode.demo.active_learning import ActiveLearningDemo
-    from llnode.demo.parts import torch_parts
+    from llnode.demo.parts import preload_torch, torch_parts
 
+    preload = None
     if parts is None:
-        quiet_waiting_threads()
+        quiet_waiting_threads()  # before torch is imported
+        preload = preload_torch()
     temporary = args.data is None
     data = Path(tempfile.mkdtemp(prefix='llnode-demo-')) if temporary else args.data
     stopping = stopping if stopping is not None else threading.Event()
@@ -227,6 +241,8 @@ def demo_main(
                 stopping.wait()
     finally:
         demo.shutdown()
+        if preload is not None:
+            preload.join(PRELOAD_JOIN_TIMEOUT)
         root.removeHandler(handler)
         root.setLevel(previous_level)
         if temporary:

@@ -6,6 +6,8 @@ and CI read that instead of parsing text). ``ok`` is True only when every step w
 
 from __future__ import annotations
 
+import re
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +16,26 @@ from typing import Any
 from llnode.durable import write_json
 
 REPORT_VERSION = 1
+#: The text report fits a classic terminal: longer lines are wrapped, continued under their text.
+REPORT_WIDTH = 80
+#: Where a step's title starts in the report (``  ok     3.2 s  loop        start...``); details line up there.
+STEP_TEXT_COLUMN = 29
+
+
+def training_label(k: int, number: int) -> str:
+    """How progress and report name the ``k``-th training of a run: ``training 1 (Loop #4)``, where 4 is the
+    training number the Loop gave it (the demo project's models came from trainings 1-3)."""
+    return f'training {k} (Loop #{number})'
+
+
+def _wrap(line: str) -> list[str]:
+    """``line`` wrapped at :data:`REPORT_WIDTH`, continuation lines indented under the line's text."""
+    if len(line) <= REPORT_WIDTH:
+        return [line]
+    leading = len(line) - len(line.lstrip())
+    step = re.match(r'^  (ok  |FAIL|\.\.\. ) ', line) is not None
+    indent = ' ' * (STEP_TEXT_COLUMN if step else min(STEP_TEXT_COLUMN, leading + 4))
+    return textwrap.wrap(line, REPORT_WIDTH, subsequent_indent=indent, break_on_hyphens=False)
 
 
 @dataclass
@@ -89,33 +111,51 @@ class DemoReport:
         write_json(Path(path), self.to_dict())
 
     def render(self) -> str:
-        """The short text report printed at the end."""
-        lines = ['', 'llnode demo: ' + ('every step worked' if self.ok else self._failure_line())]
-        lines.append('')
-        for t in self.trainings:
+        """The short text report printed at the end; no line is wider than :data:`REPORT_WIDTH` columns."""
+        lines = ['', 'llnode demo: ' + ('every step worked' if self.ok else self._failure_line()), '']
+        tests = self.plan.get('test_images', '?')
+        for k, t in enumerate(self.trainings, start=1):
             f1 = 'n/a' if t.f1_test is None else f'{t.f1_test:.3f}'
-            trainer = '' if t.trainer_f1 is None else f', trainer reported F1 {t.trainer_f1:.3f} (epoch {t.best_epoch})'
-            images = (
-                ''
-                if t.train_image_count is None
-                else f', trained on {t.train_image_count} images (tested on {t.test_image_count})'
-            )
             lines.append(
-                f'  training {t.training_number}: model {t.model_version or "-"}, '
-                f'F1 on the {self.plan.get("test_images", "?")} test images {f1}{trainer}{images}'
+                f'  {training_label(k, t.training_number)}: model {t.model_version or "-"}, '
+                f'F1 {f1} on the {tests} test images'
             )
+            facts = []
+            if t.trainer_f1 is not None:
+                facts.append(f'trainer reported F1 {t.trainer_f1:.3f} (epoch {t.best_epoch})')
+            if t.train_image_count is not None:
+                facts.append(f'trained on {t.train_image_count} images, tested on {t.test_image_count}')
+            if facts:
+                lines.append('      ' + '; '.join(facts))
+        change = self.f1_change()
+        if change:
+            lines.append(f'  {change}')
         u = self.uploads
         lines.append(
             f'  outbox: {u.sent_to_detector} images sent to the detector, {u.picked_by_filter} picked by the '
             f'relevance filter, {u.arrived_at_loop} arrived at the Loop in {u.batches} batches, {u.annotated} annotated'
         )
         lines.append('')
-        for s in self.steps:
-            mark = {True: 'ok  ', False: 'FAIL', None: '... '}[s.ok]
-            detail = f'  {s.detail}' if s.detail else ''
-            lines.append(f'  {mark} {s.seconds:6.1f} s  {s.name:<11} {s.title}{detail}')
+        for step in self.steps:
+            mark = {True: 'ok  ', False: 'FAIL', None: '... '}[step.ok]
+            lines.append(f'  {mark} {step.seconds:6.1f} s  {step.name:<11} {step.title}')
+            if step.detail:
+                lines.append(f'{"":{STEP_TEXT_COLUMN}}{step.detail}')
         lines.append(f'       {self.seconds_total:6.1f} s  total')
-        return '\n'.join(lines) + '\n'
+        return '\n'.join(wrapped for line in lines for wrapped in _wrap(line)) + '\n'
+
+    def f1_change(self) -> str:
+        """One line with the F1 change from the first model to the last on the test images ('' without two)."""
+        measured = [t for t in self.trainings if t.f1_test is not None]
+        if len(measured) < 2:
+            return ''
+        first, last = measured[0], measured[-1]
+        assert first.f1_test is not None and last.f1_test is not None
+        delta = last.f1_test - first.f1_test
+        return (
+            f'F1 change: {first.f1_test:.3f} -> {last.f1_test:.3f} ({delta:+.3f}) from model '
+            f'{first.model_version} to model {last.model_version}'
+        )
 
     def _failure_line(self) -> str:
         if self.interrupted:

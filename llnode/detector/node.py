@@ -156,7 +156,10 @@ class DetectorNode(Node):
             raise TypeError(f'factory must be a DetectorFactory, got {type(factory).__name__}')
         settings = settings if settings is not None else Settings.from_env()
         if not settings.organization or not settings.project:
-            raise ConfigError('a detector needs LOOP_ORGANIZATION and LOOP_PROJECT (the project it serves)')
+            raise ConfigError(
+                'a detector needs LOOP_ORGANIZATION and LOOP_PROJECT: set them to the organization and project '
+                'it serves (llnode loop prints them)'
+            )
         super().__init__(
             name,
             settings=settings,

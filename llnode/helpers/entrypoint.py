@@ -23,12 +23,10 @@ Unlike the reference (uvicorn and an import string), :func:`run_node` takes the 
 from __future__ import annotations
 
 import argparse
-import errno
 import inspect
 import logging
 import os
 import shlex
-import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -37,7 +35,6 @@ from llnode.trainer.batch_size import VRAM_LIMIT_GB_FLAG, VRAM_LIMIT_GB_HELP
 logger = logging.getLogger('llnode.entrypoint')
 
 _TRUE = {'1', 'true', 'yes', 'on'}
-_BIND_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 _FALSE = {'0', 'false', 'no', 'off'}
 
 
@@ -185,7 +182,7 @@ def run_node(node: Any, args: argparse.Namespace) -> int:
 
     With ``args.vram_limit_gb`` > 0 this process's GPU memory is capped first
     (:func:`llnode.trainer.cuda.limit_cuda_memory`; a training subprocess must cap its own). A port that cannot be
-    bound is one line on stderr and exit code 2.
+    bound is one line on stderr and exit code 2 (``serve()`` reports it through :mod:`llnode.startup`).
     """
     vram = getattr(args, 'vram_limit_gb', 0) or 0
     if vram > 0:
@@ -195,15 +192,4 @@ def run_node(node: Any, args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if getattr(args, 'server', None):
         options['server'] = args.server
-    try:
-        return int(node.serve(args.host, args.port, **options))
-    except OSError as e:
-        if e.errno not in _BIND_ERRORS or e.filename is not None:
-            raise
-        logger.debug('binding %s:%s failed', args.host, args.port, exc_info=True)
-        print(
-            f'{sys.argv[0] or "node"}: cannot listen on {args.host}:{args.port}: {e.strerror or e} '
-            '(choose another --port / NODE_PORT, or stop what uses it)',
-            file=sys.stderr,
-        )
-        return 2
+    return int(node.serve(args.host, args.port, **options))  # a port it cannot bind: one line, exit 2

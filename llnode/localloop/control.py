@@ -343,6 +343,22 @@ def node_command(node: str, command: str) -> Any:
     return jsonify(node=node, event=command, ack=ack)
 
 
+@control.post(f'{PROJECT}/trainer/<command>')
+def trainer_command(organization: str, project: str, command: str) -> Any:
+    """Send ``stop_training`` or ``abort_training`` to ``node`` (id or sid) or, without one, to the only trainer
+    connected for the project, as ``begin_training`` picks it."""
+    if command not in ('stop_training', 'abort_training'):
+        raise NotFound(f'unknown trainer command {command!r}; known: stop_training, abort_training')
+    body = _body()
+    context().store.require_project(organization, project)
+    timeout = _timeout(body, NODE_COMMANDS[command])
+    hub = context().hub
+    sid = hub.resolve(body.get('node'), node_type='trainer', organization=organization, project=project)
+    node_id = next((n['id'] for n in hub.connected() if n['sid'] == sid), None)
+    ack = hub.send(sid, command, timeout=timeout)
+    return jsonify(node=node_id or sid, event=command, ack=ack)
+
+
 @control.get('/nodes')
 def nodes() -> Any:
     """Every node that reported a status, plus connections that did not report yet; ``connected`` is live."""

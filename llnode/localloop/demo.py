@@ -108,8 +108,10 @@ def scene(
     *,
     width: int = WIDTH,
     height: int = HEIGHT,
+    boxes: int | None = None,
 ) -> Scene:
-    """The scene of image ``index``: background and non-overlapping shapes, chosen by a seeded RNG."""
+    """The scene of image ``index``: background and non-overlapping shapes, chosen by a seeded RNG; ``boxes``
+    box shapes where given (as far as they fit), else 1 to 4."""
     rng = random.Random(f'llnode-demo:{seed}:{index}')
     box_categories = [c for c in categories if c.get('type') == 'box']
     point_categories = [c for c in categories if c.get('type') == 'point']
@@ -122,7 +124,8 @@ def scene(
     shapes: list[Shape] = []
     smallest = max(8, min(width, height) // 12)
     largest = max(smallest + 1, min(width, height) // 3)
-    for _ in range(rng.randint(1, 4) if box_categories else 0):
+    box_count = boxes if boxes is not None else rng.randint(1, 4)
+    for _ in range(box_count if box_categories else 0):
         position = rng.randrange(len(box_categories))
         cat = box_categories[position]
         for _attempt in range(30):

@@ -10,6 +10,7 @@ deployment target 1.1, a point category ``purple point``; plus synthetic images 
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 from llnode.localloop import demo
@@ -38,9 +39,17 @@ def _image_records(
     *,
     seed: int,
     tags: list[str] | None = None,
+    boxes: int | None = None,
+    box_detections: int = 0,
+    model_name: str = '',
 ) -> list[dict[str, Any]]:
-    """Image rows for ``counts`` per state; ``complete`` and ``review`` images carry their true annotations."""
+    """Image rows for ``counts`` per state; ``complete`` and ``review`` images carry their true annotations.
+
+    ``boxes``: box shapes in every image (default 1 to 4). ``box_detections``: box detections of ``model_name``
+    stored for every image (the first ones on the drawn boxes, the rest elsewhere).
+    """
     recipe_categories = [{'id': c['id'], 'name': c['name'], 'type': c['type'], 'color': c['color']} for c in categories]
+    box_categories = [c for c in recipe_categories if c['type'] == 'box']
     records = []
     index = 0
     for state in ('complete', 'inbox', 'annotate', 'review'):
@@ -55,11 +64,51 @@ def _image_records(
                 'source': 'llnode demo',
                 'recipe': {'index': index, 'seed': seed, 'categories': recipe_categories},
             }
+            if boxes is not None:
+                record['recipe']['boxes'] = boxes
+            scene = demo.scene(index, seed, recipe_categories, boxes=boxes)
             if state in ('complete', 'review'):
-                record.update(demo.true_annotations(index, seed, recipe_categories))
+                record.update(demo.annotations_of(scene))
+            if box_detections and box_categories:
+                record['detections'] = [_box_detections(scene, box_categories, box_detections, model_name, seed)]
             records.append(record)
             index += 1
     return records
+
+
+def _box_detections(
+    scene: demo.Scene, categories: list[dict[str, Any]], count: int, model_name: str, seed: int
+) -> dict[str, Any]:
+    """``count`` box detections of one image, as a trainer would upload them (deterministic per image)."""
+    rng = random.Random(f'llnode-generator:{seed}:{scene.noise_seed}')
+    drawn = [s for s in scene.shapes if s.kind != 'dot']
+    found = []
+    for i in range(count):
+        if i < len(drawn):
+            shape = drawn[i]
+            category, x, y, w, h = shape.category, shape.x, shape.y, shape.size, shape.size
+        else:
+            category = categories[i % len(categories)]
+            w, h = rng.randrange(10, 80), rng.randrange(10, 80)
+            x, y = rng.randrange(0, scene.width - w), rng.randrange(0, scene.height - h)
+        found.append(
+            {
+                'category_name': category['name'],
+                'category_id': category['id'],
+                'x': x,
+                'y': y,
+                'width': w,
+                'height': h,
+                'model_name': model_name,
+                'confidence': round(rng.uniform(0.3, 0.99), 2),
+            }
+        )
+    return {
+        'box_detections': found,
+        'point_detections': [],
+        'segmentation_detections': [],
+        'classification_detections': [],
+    }
 
 
 def add_mocked_model(
@@ -153,10 +202,13 @@ def _count(recipe: dict[str, Any], key: str, default: int = 0) -> int:
 def generate_project(store: Store, organization: str, recipe: Any, *, host: str | None) -> str:
     """The Loop's test-only ``POST /api/{org}/projects/generator``; returns the new project id.
 
-    Recipe keys: ``project_name`` (required), ``inbox``, ``annotate``, ``review``, ``complete`` (image counts),
-    ``box_categories`` (default 1), ``point_categories`` (default 1), ``segmentation_categories``,
-    ``classification_categories``, ``trainings`` (models in format ``mocked``, default 1), ``tags``, ``seed``.
-    Other keys of the hosted Loop's recipe (``image_style``, ``thumbs``, ...) are accepted and ignored.
+    Recipe keys: ``project_name`` (required), ``inbox``, ``annotate``, ``review``, ``complete`` (image counts
+    per state), ``box_categories`` (default 1), ``point_categories`` (default 1), ``segmentation_categories``,
+    ``classification_categories``, ``trainings`` (models in format ``mocked``, default 1), ``box_annotations``
+    (box shapes drawn in every image, annotated on the ``complete`` and ``review`` ones; default 1 to 4 per image),
+    ``box_detections`` (box detections stored for every image, by the newest generated model, default 0),
+    ``tags``, ``seed``. ``image_style`` and ``thumbs`` of the hosted Loop's recipe are accepted and ignored (the
+    images are always the demo's shapes; there are no thumbnails), as are keys this generator does not know.
     """
     if not isinstance(recipe, dict):
         raise BadRequest('the generator expects a JSON object')
@@ -173,6 +225,8 @@ def generate_project(store: Store, organization: str, recipe: Any, *, host: str 
         ('classification', _count(recipe, 'classification_categories')),
     ]
     trainings = _count(recipe, 'trainings', 1)
+    boxes = None if recipe.get('box_annotations') is None else _count(recipe, 'box_annotations')
+    box_detections = _count(recipe, 'box_detections')
     store.create_project(organization, project)
     position = 0
     for kind, count in kinds:
@@ -181,11 +235,23 @@ def generate_project(store: Store, organization: str, recipe: Any, *, host: str 
                 organization, project, f'{kind}_category_{i}', kind, color=PALETTE[position % len(PALETTE)]
             )
             position += 1
+    models = [
+        add_mocked_model(store, organization, project, host=host, training_number=number)
+        for number in range(1, trainings + 1)
+    ]
     store.add_images(
         organization,
         project,
-        _image_records(organization, project, store.categories(organization, project), counts, seed=seed, tags=tags),
+        _image_records(
+            organization,
+            project,
+            store.categories(organization, project),
+            counts,
+            seed=seed,
+            tags=tags,
+            boxes=boxes,
+            box_detections=box_detections,
+            model_name=models[-1]['version'] if models else 'generator',
+        ),
     )
-    for number in range(1, trainings + 1):
-        add_mocked_model(store, organization, project, host=host, training_number=number)
     return project

@@ -18,12 +18,13 @@ from typing import Any
 
 import socketio
 
-from llnode.config import Settings
+from llnode.config import Settings, user_path, writable_folder
 from llnode.localloop.app import UI_SESSION_SECONDS, LoopContext, create_app
 from llnode.localloop.faults import FaultMiddleware, FaultRules
 from llnode.localloop.generator import DEMO_ORGANIZATION, DEMO_PROJECT, seed_demo
 from llnode.localloop.sockets import NodeHub
 from llnode.localloop.store import Store
+from llnode.startup import bind_error
 
 logger = logging.getLogger('llnode.localloop.server')
 
@@ -73,7 +74,7 @@ class LocalLoop:
     ) -> None:
         if delay_ms < 0:
             raise ValueError(f'delay_ms must not be negative, got {delay_ms}')
-        self.data_dir = Path(data_dir)
+        self.data_dir = user_path(data_dir)  # resolved once: the loop never depends on the working directory
         self.host = host
         self.requested_port = port
         self.websocket = websocket
@@ -135,10 +136,14 @@ class LocalLoop:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> LocalLoop:
-        """Open the store, seed, bind the port and serve in a background thread; returns once it serves."""
+        """Open the store, seed, bind the port and serve in a background thread; returns once it serves.
+
+        A folder it cannot write or a port it cannot bind is a :class:`~llnode.config.ConfigError` naming it.
+        """
         with self._lock:
             if self.running:
                 raise RuntimeError('this LocalLoop is running already')
+            writable_folder(self.data_dir, 'data_dir', 'give the local Loop a folder this user may write')
             self.store = Store(self.data_dir)
             try:
                 self.store.mark_all_nodes_disconnected()
@@ -159,27 +164,10 @@ class LocalLoop:
         wsgi = FaultMiddleware(wsgi, self.faults)
         if self.delay_ms:
             wsgi = DelayMiddleware(wsgi, self.delay_ms, context.stopping)
-        if self.websocket:
-            from werkzeug.serving import make_server
-
-            server = make_server(
-                self.host, self.requested_port, wsgi, threaded=True, request_handler=_quiet_request_handler()
-            )
-            self.port = server.server_port
-            target = server.serve_forever
-        else:
-            import waitress
-
-            server = waitress.create_server(
-                wsgi,
-                host=self.host,
-                port=self.requested_port,
-                threads=self.threads,
-                channel_timeout=120,
-                ident='llnode-localloop',
-            )
-            self.port = int(server.effective_port)
-            target = server.run
+        try:
+            server, target = self._make_server(wsgi)
+        except OSError as e:
+            raise bind_error(self.host, self.requested_port, e) from e
         if self.demo:
             seed_demo(self.store, images=self.demo_images, seed=self.seed, host=self.host_port)
         self.hub, self.sio, self._context, self._server = hub, hub.sio, context, server
@@ -188,6 +176,29 @@ class LocalLoop:
         self._thread.start()
         _wait_until_listening(self.host, self.port)
         logger.info('local loop serving at %s (%s)', self.url, 'werkzeug+websocket' if self.websocket else 'waitress')
+
+    def _make_server(self, wsgi: Any) -> tuple[Any, Callable[[], Any]]:
+        """Bind the port (an ``OSError`` when it cannot) with the chosen server; (server, its serving loop)."""
+        if self.websocket:
+            from werkzeug.serving import make_server
+
+            server = make_server(
+                self.host, self.requested_port, wsgi, threaded=True, request_handler=_quiet_request_handler()
+            )
+            self.port = server.server_port
+            return server, server.serve_forever
+        import waitress
+
+        server = waitress.create_server(
+            wsgi,
+            host=self.host,
+            port=self.requested_port,
+            threads=self.threads,
+            channel_timeout=120,
+            ident='llnode-localloop',
+        )
+        self.port = int(server.effective_port)
+        return server, server.run
 
     def stop(self, timeout: float = 10.0) -> None:
         """Disconnect nodes, stop serving and release the port, within about ``timeout`` seconds."""

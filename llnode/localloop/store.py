@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llnode.config import user_path
 from llnode.durable import remove_stale_temps, write_bytes
 from llnode.localloop import demo
 from llnode.localloop.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -130,7 +131,7 @@ class Store:
     """All records and files of one local Loop; thread-safe."""
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = user_path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.data_dir / 'loop.sqlite3', check_same_thread=False, isolation_level=None)
@@ -506,6 +507,7 @@ class Store:
                 recipe['categories'],
                 width=recipe.get('width', demo.WIDTH),
                 height=recipe.get('height', demo.HEIGHT),
+                boxes=recipe.get('boxes'),
             )
         )
         write_bytes(path, jpeg)
@@ -765,8 +767,11 @@ class Store:
         return model, self.model_path(model_id, model_format)
 
     def next_training_number(self, organization: str, project: str) -> int:
+        """One above the highest number a training used: a training the trainer refused used none (it may have
+        started nothing), one it accepted or did not answer did (it may be running)."""
         row = self._one(
             'SELECT MAX(n) AS n FROM (SELECT MAX(number) AS n FROM trainings WHERE organization = ? AND project = ? '
+            "AND (accepted = 1 OR ack IS NULL OR ack = 'null') "
             'UNION ALL SELECT MAX(training_number) FROM models WHERE organization = ? AND '
             'project = ?)',
             (organization, project, organization, project),

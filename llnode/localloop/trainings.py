@@ -52,7 +52,7 @@ def begin_training(
     """Send ``begin_training(organization, project, details)`` (loop-protocol §7.5.1) to a connected trainer.
 
     ``node`` is a trainer id or sid; without it, the only trainer connected for the project. The training number
-    is the project's next one (every attempt uses up a number). Returns ``{training_number, node, sid, details,
+    is the project's next one; an attempt the trainer refused uses up none. Returns ``{training_number, node, sid, details,
     ack, accepted}``; ``ack`` is the trainer's answer (None when it sent none within ``timeout``).
     """
     store.require_project(organization, project)

@@ -14,8 +14,6 @@ import logging
 import mimetypes
 import os
 import re
-import shutil
-import subprocess
 import tempfile
 import threading
 import uuid
@@ -50,7 +48,6 @@ MODEL_DOWNLOAD_TIMEOUT = 600.0
 
 _SAFE_ID = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
 _PARTIAL_SUFFIX = '.part'
-_JPEGINFO = shutil.which('jpeginfo')
 
 _OK, _CORRUPT, _FAILED, _CANCELLED = 'ok', 'corrupt', 'failed', 'cancelled'
 
@@ -166,8 +163,8 @@ class DataExchange:
     ) -> DownloadReport:
         """Download ``{id}.jpg`` for each id into ``folder``, ``max_workers`` at a time.
 
-        Files already there are skipped. Each file is streamed to a temp name, checked to decode (Pillow, plus
-        ``jpeginfo -c`` when installed) and renamed into place; corrupt files are deleted and failed downloads
+        Files already there are skipped. Each file is streamed to a temp name, checked to decode (with Pillow
+        alone, so the result never depends on what else the machine has installed) and renamed into place; corrupt files are deleted and failed downloads
         counted, not raised. A refused login or a full disk still raises. ``progress(done, total)`` is called
         in the calling thread, with the skipped files counted as done. Setting ``cancel`` stops starting new
         downloads (the running ones end within the client timeout); the report then says ``cancelled``.
@@ -269,8 +266,6 @@ class DataExchange:
                     if problem is None:
                         temp.flush()
                         os.fsync(temp.fileno())
-                if problem is None and _JPEGINFO is not None:
-                    problem = _jpeginfo_problem(temp_name)
                 if problem is not None:
                     return _CORRUPT, CorruptImageError(f'image {image_id} from the Loop is {problem}; dropped')
                 os.replace(temp_name, folder / f'{image_id}.jpg')
@@ -575,12 +570,6 @@ def _image_problem(handle: IO[bytes]) -> str | None:
     except Exception as e:  # Pillow raises many kinds (OSError, SyntaxError, ValueError...) for broken data
         return f'not a readable image ({type(e).__name__}: {e})'
     return None
-
-
-def _jpeginfo_problem(path: str) -> str | None:
-    assert _JPEGINFO is not None
-    result = subprocess.run([_JPEGINFO, '-c', path], capture_output=True, text=True, timeout=60, check=False)
-    return None if 'OK' in result.stdout else f'rejected by jpeginfo ({result.stdout.strip()[-80:]})'
 
 
 def _clean_and_list(folder: Path) -> set[str]:

@@ -90,7 +90,10 @@ class LoopClient:
         self._verify: bool | str = True
         if self.settings.ssl_cert_path:
             if not Path(self.settings.ssl_cert_path).is_file():
-                raise ConfigError(f'LOOP_SSL_CERT_PATH={self.settings.ssl_cert_path} is not a readable file')
+                raise ConfigError(
+                    f'LOOP_SSL_CERT_PATH={self.settings.ssl_cert_path} is not a readable file: point it at the CA '
+                    "bundle (PEM) that signed the Loop's certificate, or unset it"
+                )
             self._verify = self.settings.ssl_cert_path
 
         self._owns_session = session is None

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import socketio
 from flask import Blueprint, Flask
 
-from llnode.config import Settings
+from llnode.config import ConfigError, Settings
 from llnode.node.app import SOCKETIO_PATH, common_blueprint, create_app, create_socketio_server
 from llnode.node.errors import NodeHTTPError
 from llnode.node.identity import node_key, node_uuid
@@ -44,6 +44,7 @@ from llnode.node.repeat import REPEAT_INTERVAL, RepeatThread
 from llnode.node.restart import EXIT_FORCED, EXIT_NEEDS_RESTART, EXIT_OK, NodeNeedsRestartError
 from llnode.node.serving import SERVERS, HTTPServer, make_server
 from llnode.node.wsmask import install as install_numpy_unmasking
+from llnode.startup import bind_error, report
 
 if TYPE_CHECKING:
     from llnode.loop.http import LoopClient
@@ -467,8 +468,11 @@ class Node:
                 self._started_at = time.monotonic()
                 self._state = _RUNNING  # before the repeat thread: its first cycle must see a running node
             self._repeat.start()
-        except BaseException:
-            logger.exception('%s: start failed', self._name)
+        except BaseException as e:
+            if isinstance(e, ConfigError):  # the user's to fix, said in one line by serve()/run(): no traceback
+                logger.debug('%s: start failed', self._name, exc_info=True)
+            else:
+                logger.exception('%s: start failed', self._name)
             self._close_loop_link(SOCKET_CLOSE_TIMEOUT)
             with self._lifecycle_lock:
                 self._state = _STOPPED
@@ -533,6 +537,9 @@ class Node:
         Exit codes (:mod:`llnode.node.restart`): 0 after a signal, ``stop()`` or a restart wish with code 0; 1 when
         a second signal forced the shutdown; 75 (``EXIT_NEEDS_RESTART``) after a ``NodeNeedsRestartError``
         (from ``on_start`` too); otherwise the code given to ``request_restart()``.
+
+        A start-up error (:class:`~llnode.config.ConfigError`: a missing setting, a folder it cannot write) is one
+        line on stderr and exit code 2 (:mod:`llnode.startup`); its traceback is logged at DEBUG only.
         """
         return self._block(None)
 
@@ -543,7 +550,8 @@ class Node:
         the node stops advertising upgrades) or ``'werkzeug'`` (threaded, carries WebSocket). ``threads`` is
         waitress's worker count: every connected long-polling Socket.IO client holds one while its poll waits
         (up to the 25 s ping interval), so give it more than the Socket.IO clients you expect (32 by default;
-        idle threads cost little). A port in use raises ``OSError`` before the node starts.
+        idle threads cost little). A start-up error (a port in use, a missing setting) is one line on stderr naming
+        it and the fix, and exit code 2, as in ``run()``; the node does not start.
         """
         if server not in SERVERS:
             raise ValueError(f'server must be one of {", ".join(SERVERS)}, got {server!r}')
@@ -557,9 +565,12 @@ class Node:
             install_numpy_unmasking()  # a third of the server's work for a raw image frame (llnode.node.wsmask)
         tune_allocator()  # before any server thread exists: the arena cap applies to threads created after it
         activity = RequestActivity(self.wsgi_app)
-        http = make_server(
-            activity, host, port, server=server, threads=threads, underscore_headers=self.underscore_headers
-        )
+        try:
+            http = make_server(
+                activity, host, port, server=server, threads=threads, underscore_headers=self.underscore_headers
+            )
+        except OSError as e:
+            return report(bind_error(host, port, e))
         with self._lifecycle_lock:
             self._http = http
         return self._block(http, IdleTrimmer(activity, release=self._release_cached_memory))
@@ -579,6 +590,8 @@ class Node:
                         if isinstance(e, NodeNeedsRestartError):
                             self.restart_needed(e)
                             return EXIT_NEEDS_RESTART
+                        if isinstance(e, ConfigError):
+                            return report(e)
                         raise
                 if http is not None:
                     http.start()

@@ -148,7 +148,12 @@ class WaitressServer:
         dispatcher.queue_cv = LifoCondition(dispatcher.lock)
         # ``_dispatcher``: waitress's own hook for a dispatcher made outside (its tests use it); waitress then
         # leaves starting the threads to us, which happens once the port is bound.
-        self._server = create_server(app, map=self._map, host=host, port=port, threads=threads, _dispatcher=dispatcher)
+        try:
+            self._server = create_server(
+                app, map=self._map, host=host, port=port, threads=threads, _dispatcher=dispatcher
+            )
+        except ValueError as e:  # waitress's word for a host name that does not resolve
+            raise socket.gaierror(socket.EAI_NONAME, f'{host}: {e}') from e
         dispatcher.set_thread_count(threads)
         if underscore_headers:
 

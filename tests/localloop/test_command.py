@@ -83,5 +83,5 @@ def test_llnode_loop_reports_a_busy_port(tmp_path: Path, capsys: object) -> None
         busy.bind(('127.0.0.1', 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert loop_main(['--port', str(port), '--data', str(tmp_path / 'data'), '--log-level', 'WARNING']) == 1
-    assert 'cannot serve' in capsys.readouterr().err  # type: ignore[attr-defined]
+        assert loop_main(['--port', str(port), '--data', str(tmp_path / 'data'), '--log-level', 'WARNING']) == 2
+    assert f'port {port} on 127.0.0.1 is in use' in capsys.readouterr().err  # type: ignore[attr-defined]

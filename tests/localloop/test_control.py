@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Iterator
 
 import pytest
 import requests
 
 from llnode.localloop import LocalLoop
-from llnode.localloop.command import control_main
-from tests.localloop.helpers import CONTROL, PROJECT, login
+from llnode.localloop.command import control_main, control_parser
+from tests.localloop.helpers import CONTROL, PROJECT, connect_node, login
+from tests.polling import wait_for
 
 
 def test_control_routes_need_login(local_loop: LocalLoop) -> None:
@@ -145,6 +148,48 @@ def test_generator_and_project_deletion(local_loop: LocalLoop) -> None:
     assert session.delete(base, timeout=10).status_code == 404
 
 
+def test_the_generator_honours_annotation_and_detection_counts(local_loop: LocalLoop) -> None:
+    session = login(local_loop)
+    generator = f'{local_loop.url}/api/zauberzeug/projects/generator'
+    recipe = {'project_name': 'counted', 'inbox': 2, 'annotate': 1, 'review': 1, 'complete': 3}
+    recipe |= {'box_categories': 2, 'trainings': 2, 'box_annotations': 2, 'box_detections': 3}
+    assert session.post(generator, json=recipe, timeout=30).status_code == 200
+    control = f'{local_loop.url}/control/projects/zauberzeug/counted'
+    images = session.get(f'{control}/images', timeout=10).json()['images']
+    assert sorted(i['state'] for i in images) == [
+        'annotate',
+        'complete',
+        'complete',
+        'complete',
+        'inbox',
+        'inbox',
+        'review',
+    ]
+    version = session.get(f'{control}/models', timeout=10).json()['models'][-1]['version']
+    for listed in images:
+        item = session.get(f'{control}/images/{listed["id"]}', timeout=10).json()
+        expected = 2 if item['state'] in ('complete', 'review') else 0
+        assert len(item['box_annotations']) == expected, item
+        (detections,) = item['detections']
+        assert len(detections['box_detections']) == 3
+        assert {d['model_name'] for d in detections['box_detections']} == {version}
+        if expected:  # the first detections lie on the drawn, annotated boxes
+            first = detections['box_detections'][0]
+            assert {k: first[k] for k in ('x', 'y', 'width', 'height')} in [
+                {k: a[k] for k in ('x', 'y', 'width', 'height')} for a in item['box_annotations']
+            ]
+    recipe = {'project_name': 'unannotated', 'complete': 2, 'box_annotations': 0}
+    assert session.post(generator, json=recipe, timeout=30).status_code == 200
+    control = f'{local_loop.url}/control/projects/zauberzeug/unannotated'
+    for listed in session.get(f'{control}/images', timeout=10).json()['images']:
+        item = session.get(f'{control}/images/{listed["id"]}', timeout=10).json()
+        assert item['box_annotations'] == [] and item['detections'] == []
+        image = session.get(
+            f'{local_loop.url}/api/zauberzeug/projects/unannotated/images/{listed["id"]}/main', timeout=10
+        )
+        assert image.status_code == 200 and image.content.startswith(b'\xff\xd8')
+
+
 def run_control(loop: LocalLoop, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = control_main(['--url', loop.url, '--user', 'u:p', *args])
     captured = capsys.readouterr()
@@ -184,5 +229,78 @@ def test_control_command(local_loop: LocalLoop, capsys: pytest.CaptureFixture[st
     assert code == 1 and '404' in err
     assert control_main(['--url', local_loop.url, '--user', 'u:wrong', 'nodes']) == 1
     assert 'login' in capsys.readouterr().err
-    assert control_main(['--url', 'http://127.0.0.1:9', 'nodes']) == 1
+    assert control_main(['--url', 'http://127.0.0.1:9', '--user', 'u:p', 'nodes']) == 1
     assert 'no answer' in capsys.readouterr().err
+
+
+def test_control_without_a_user_refuses_to_guess_and_takes_what_the_loop_prints(
+    local_loop: LocalLoop, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv('LOOP_USERNAME', raising=False)
+    monkeypatch.delenv('LOOP_PASSWORD', raising=False)
+    assert control_main(['--url', local_loop.url, 'nodes']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('llnode control: no login given: pass --user NAME:PASSWORD')
+    monkeypatch.setenv('LOOP_USERNAME', 'u')  # as `llnode loop` prints them
+    monkeypatch.setenv('LOOP_PASSWORD', 'p')
+    assert control_main(['--url', local_loop.url, 'nodes']) == 0
+    assert 'nodes' in json.loads(capsys.readouterr().out)
+
+
+def test_control_defaults_are_what_llnode_loop_uses() -> None:
+    from llnode.localloop.command import loop_parser
+    from llnode.localloop.generator import DEMO_ORGANIZATION, DEMO_PROJECT
+
+    loop = loop_parser().parse_args([])
+    control = control_parser().parse_args(['nodes'])
+    assert control.url == f'http://{loop.host}:{loop.port}'
+    assert (control.organization, control.project) == (DEMO_ORGANIZATION, DEMO_PROJECT)
+
+
+def _options(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.Action]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f'{name} {n}', a) for n, a in _options(sub))
+        elif not isinstance(action, argparse._HelpAction):
+            yield '/'.join(action.option_strings) or action.dest, action
+
+
+def test_every_option_of_every_llnode_command_has_help() -> None:
+    from llnode.demo.command import demo_parser
+    from llnode.localloop.command import loop_parser
+
+    for parser in (control_parser(), loop_parser(), demo_parser()):
+        missing = [name for name, action in _options(parser) if not action.help]
+        assert missing == [], f'{parser.prog}: {missing}'
+
+
+def test_stop_and_abort_pick_the_only_connected_trainer(
+    local_loop: LocalLoop, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_control(local_loop, capsys, 'stop-training')
+    assert code == 1 and '409' in err and 'no trainer' in err  # none connected yet
+    calls: list[str] = []
+    session = login(local_loop)
+    client = connect_node(
+        local_loop,
+        'trainer',
+        cookie=session.cookies['session'],
+        handlers={
+            'stop_training': lambda: calls.append('stop') or True,
+            'abort_training': lambda: calls.append('abort'),
+        },
+    )
+    try:
+        wait_for(lambda: any(n['connected'] for n in local_loop.nodes()), what='the trainer to connect')
+        code, out, err = run_control(local_loop, capsys, 'stop-training')
+        assert code == 0, err
+        assert json.loads(out)['event'] == 'stop_training' and json.loads(out)['ack'] is True
+        code, out, err = run_control(local_loop, capsys, 'abort-training', '--ack-timeout', '5')
+        assert code == 0, err
+        assert calls == ['stop', 'abort']
+        sid = client.get_sid()
+        code, out, err = run_control(local_loop, capsys, 'stop-training', sid)
+        assert code == 0 and calls == ['stop', 'abort', 'stop']
+    finally:
+        client.disconnect()

@@ -87,7 +87,7 @@ def test_other_node_types_may_connect_without_login(local_loop: LocalLoop) -> No
 def test_begin_training_from_the_control_api_reaches_the_trainer_and_returns_its_ack(local_loop: LocalLoop) -> None:
     session = login(local_loop)
     received: list[tuple[Any, ...]] = []
-    answers = iter([OK, {'success': False, 'error_msg': 'training 1 is still active', 'payload': 'refused'}])
+    answers = iter([OK, {'success': False, 'error_msg': 'training 1 is still active', 'payload': 'refused'}, OK])
 
     def begin_training(*args: Any) -> dict[str, Any]:
         received.append(args)
@@ -121,8 +121,10 @@ def test_begin_training_from_the_control_api_reaches_the_trainer_and_returns_its
         assert refused['ack']['payload'] == 'refused'
         assert refused['accepted'] is False
         assert refused['training_number'] == 5
+        again = session.post(f'{local_loop.url}{CONTROL}/trainings', json={'node': 'trainer-1'}, timeout=30).json()
+        assert again['accepted'] is True and again['training_number'] == 5  # the refusal used up no number
         trainings = session.get(f'{local_loop.url}{CONTROL}/trainings', timeout=10).json()['trainings']
-        assert [(t['number'], t['accepted']) for t in trainings] == [(4, True), (5, False)]
+        assert [(t['number'], t['accepted']) for t in trainings] == [(4, True), (5, False), (5, True)]
     finally:
         client.disconnect()
 

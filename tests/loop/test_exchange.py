@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -29,6 +32,7 @@ from llnode.loop.exchange import (
 )
 from llnode.loop.http import LoopClient
 from tests.loop.scripted_server import Reply, ScriptedServer, Seen, login_route
+from tests.samples import REPO
 
 PROJECT = '/api/zauberzeug/projects/demo'
 
@@ -461,3 +465,24 @@ def test_detections_reach_the_local_loop(local_loop: Any) -> None:
     exchange.upload_detections([item])
     stored = local_loop.store.detections('zauberzeug', 'demo', image_id)
     assert stored and stored[0]['box_detections'][0]['confidence'] == 0.9
+
+
+def test_the_image_check_does_not_depend_on_jpeginfo(tmp_path: Path) -> None:
+    """A ``jpeginfo`` on the PATH (here one that rejects every file, as the real one rejects PNGs) changes nothing."""
+    bin_folder = tmp_path / 'bin'
+    bin_folder.mkdir()
+    fake = bin_folder / 'jpeginfo'
+    fake.write_text('#!/bin/sh\necho "$2  ERROR: not a jpeg"\nexit 1\n')
+    fake.chmod(0o755)
+    env = {**os.environ, 'PATH': f'{bin_folder}{os.pathsep}{os.environ.get("PATH", "")}'}
+    test = f'{Path(__file__).relative_to(REPO)}::test_corrupt_and_failed_images_are_counted_and_dropped'
+    done = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', test],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
