@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -45,9 +46,13 @@ RUN_HERE = {
 
 
 def control(loop: LocalLoop, *command: str, capsys: pytest.CaptureFixture[str]) -> Any:
-    """``llnode control --url <loop> <command>`` as a guide runs it; its printed JSON."""
+    """``llnode control --url <loop> <command>`` as a guide runs it, in the terminal where the guide exported the
+    ``LOOP_*`` variables ``llnode loop`` printed (``llnode control`` logs in with them); its printed JSON."""
     capsys.readouterr()
-    assert control_main(['--url', loop.url, *command]) == 0, capsys.readouterr().err
+    settings = loop.settings()
+    with mock.patch.dict(os.environ, {'LOOP_USERNAME': settings.username, 'LOOP_PASSWORD': settings.password}):
+        code = control_main(['--url', loop.url, *command])
+    assert code == 0, capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
 
 
