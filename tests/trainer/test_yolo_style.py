@@ -249,18 +249,22 @@ def test_the_yolo_style_pair_trains_uploads_both_formats_deploys_and_detects(
     assert test_items
     with sample_process('yolo_style/detector.py', loop, tmp_path / 'detector', '--device', 'cpu') as detector:
 
-        def detect(item: dict[str, Any]) -> dict[str, Any] | None:
+        def post(item: dict[str, Any]) -> requests.Response:
             jpeg = loop.store.image_jpeg(ORGANIZATION, PROJECT, item['id'])
             assert jpeg is not None
-            response = requests.post(f'{detector.url}/detect', files={'file': ('i.jpg', io.BytesIO(jpeg))}, timeout=30)
-            if response.status_code != 200:
-                return None
-            answer: dict[str, Any] = response.json()
-            found = answer['box_detections'] + answer['point_detections']
-            return answer if found and all(d['model_name'] == model['version'] for d in found) else None
+            return requests.post(f'{detector.url}/detect', files={'file': ('i.jpg', io.BytesIO(jpeg))}, timeout=60)
 
-        wait_for(lambda: detect(test_items[0]), timeout=90, what='the detector to serve the trained model')
-        answers = [detect(item) or {'box_detections': []} for item in test_items]
+        def serving_the_model() -> bool:
+            response = post(test_items[0])
+            found = response.json()['box_detections'] + response.json()['point_detections'] if response.ok else []
+            return bool(found) and all(d['model_name'] == model['version'] for d in found)
+
+        wait_for(serving_the_model, timeout=90, what='the detector to serve the trained model')
+        answers = []
+        for item in test_items:  # every answer counts: a failed request must fail the test, not score as "nothing"
+            response = post(item)
+            assert response.status_code == 200, response.text
+            answers.append(response.json())
     assert 'Traceback' not in detector.text(), detector.text()
     predicted = [answer['box_detections'] for answer in answers]
     f1 = f1_of(predicted, [item['box_annotations'] for item in test_items])
