@@ -67,6 +67,18 @@ class _EngineIOServer(engineio.Server):
         self._shutting_down.set()
         super().shutdown()
 
+    def disconnect(self, sid: str | None = None) -> None:
+        """Close a session (or all) without waiting for the client to read the close.
+
+        engine.io's own ``disconnect`` waits until a poll has taken every queued packet, which never happens
+        for a client that does not poll: a long-polling POST of a packet engine.io does not take (``6``,
+        ``2probe``, ``7``) disconnected its session that way and held the server thread for good.
+        """
+        for key in [sid] if sid is not None else list(self.sockets):
+            socket = self.sockets.pop(key, None)
+            if socket is not None:
+                socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+
     def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
         name = getattr(target, '__name__', 'task').strip('_')
         thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True, name=f'llnode-node-sio-{name}')
