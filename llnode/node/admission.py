@@ -23,7 +23,8 @@ from typing import Any
 
 logger = logging.getLogger('llnode.node.http')
 
-#: Threads of a server's pool kept free of Socket.IO long-polls and WebSockets, for the REST API.
+#: Threads of a server's pool kept free of Socket.IO long-polls and WebSockets, for the REST API (a quarter of
+#: a smaller pool, at least one).
 REST_RESERVE = 8
 
 
@@ -61,7 +62,7 @@ class ServingLimits:
         """These limits with the open ones filled in for a server of ``threads`` threads (None: a thread per
         connection): what is left after :data:`REST_RESERVE`, shared by long-polls and WebSockets where the
         server carries both."""
-        free = 200 if threads is None else max(2, threads - REST_RESERVE)
+        free = 200 if threads is None else max(1, threads - min(REST_RESERVE, max(1, threads // 4)))
         default = max(1, free // 2) if websocket else free
         polls = self.max_long_polls if self.max_long_polls is not None else default
         sockets = self.max_websockets if self.max_websockets is not None else default
@@ -93,8 +94,12 @@ class SocketIOAdmission:
         method = environ.get('REQUEST_METHOD', '')
         websocket = environ.get('HTTP_UPGRADE', '').lower() == 'websocket'
         if sid is None:
-            if method == 'GET' and len(self._eio.sockets) >= self.limits.max_sessions:
-                return self._refuse(start_response, f'too many Socket.IO sessions ({self.limits.max_sessions})')
+            if method == 'GET':
+                full = self._full('websockets' if websocket else 'long_polls')
+                if full is None and len(self._eio.sockets) >= self.limits.max_sessions:
+                    full = f'too many Socket.IO sessions ({self.limits.max_sessions})'
+                if full is not None:  # a new polling session polls at once: refuse it here, not at its first poll
+                    return self._refuse(start_response, full)
             return self._counted(environ, start_response, 'websockets' if websocket else None)
         socket = self._eio.sockets.get(sid)
         if socket is not None and socket.closed:
@@ -110,21 +115,34 @@ class SocketIOAdmission:
     ) -> Iterable[bytes]:
         if kind is None:
             return self.app(environ, start_response)
-        limit = self.limits.max_websockets if kind == 'websockets' else self.limits.max_long_polls
-        assert limit is not None  # filled in by ServingLimits.for_threads
+        limit = self._limit(kind)
         with self._lock:
             admitted = getattr(self, kind) < limit
             if admitted:
                 setattr(self, kind, getattr(self, kind) + 1)
         if not admitted:
-            what = 'WebSockets' if kind == 'websockets' else 'waiting Socket.IO long-polls'
-            return self._refuse(start_response, f'too many {what} ({limit})')
+            return self._refuse(start_response, self._too_many(kind))
         try:
             # engine.io answers polls and WebSockets with a list, complete once the call returns
             return list(self.app(environ, start_response))
         finally:
             with self._lock:
                 setattr(self, kind, getattr(self, kind) - 1)
+
+    def _limit(self, kind: str) -> int:
+        limit = self.limits.max_websockets if kind == 'websockets' else self.limits.max_long_polls
+        assert limit is not None  # filled in by ServingLimits.for_threads
+        return limit
+
+    def _too_many(self, kind: str) -> str:
+        what = 'WebSockets' if kind == 'websockets' else 'waiting Socket.IO long-polls'
+        return f'too many {what} ({self._limit(kind)})'
+
+    def _full(self, kind: str) -> str | None:
+        """Why a connection of ``kind`` would be refused now, or None."""
+        with self._lock:
+            full = getattr(self, kind) >= self._limit(kind)
+        return self._too_many(kind) if full else None
 
     def _refuse(self, start_response: Callable[..., Any], detail: str) -> Iterable[bytes]:
         with self._lock:

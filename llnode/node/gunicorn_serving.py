@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.http.message import Request
@@ -42,6 +43,9 @@ logger = logging.getLogger('llnode.node.http')
 #: The exit code ``serve()`` returns after a second signal forced the worker down (as ``run()``).
 FORCED_EXIT_CODE = 1
 
+#: Longest wait, in the worker's main loop, for a client to close after a connection's last answer.
+GRACEFUL_CLOSE_S = 0.1
+
 
 class NodeThreadWorker(ThreadWorker):
     """gunicorn's gthread worker with an elastic, named thread pool, a read timeout per connection, and SIGINT
@@ -53,6 +57,11 @@ class NodeThreadWorker(ThreadWorker):
     def init_signals(self) -> None:
         super().init_signals()
         signal.signal(signal.SIGINT, self.handle_exit)
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        if getattr(conn.sock, 'timed_out', False):
+            return False  # the rest of a hung body would be drained for another timeout first
+        return bool(super()._keepalive_after(conn, keepalive))
 
     def accept(self, listener: Any) -> None:
         try:
@@ -83,6 +92,15 @@ class _NodeRequest(Request):
 
 
 class _NodeConn(TConn):
+    def close(self, graceful: bool = False) -> None:
+        # gunicorn's graceful close lingers up to 2 s for the peer's FIN, in the worker's main loop: a hung
+        # client would stop every other connection that long. A connection whose read timed out is dropped;
+        # the others linger briefly.
+        if graceful and not getattr(self.sock, 'timed_out', False):
+            util.close_graceful(self.sock, timeout=GRACEFUL_CLOSE_S)
+        else:
+            util.close(self.sock)
+
     def init(self) -> None:
         fresh = self.parser is None
         super().init()
@@ -116,6 +134,15 @@ class _TimedSocket(socket.socket):
     for ever."""
 
     read_timeout_s: float | None = None
+    #: Set once a read timed out: the connection is closed after its answer, never kept alive.
+    timed_out = False
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        try:
+            return super().recv(bufsize, flags)
+        except TimeoutError:
+            self.timed_out = True
+            raise
 
     def setblocking(self, flag: bool) -> None:
         if flag:

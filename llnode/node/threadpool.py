@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -77,9 +78,12 @@ class ElasticThreadPool:
         try:
             while True:
                 with self._cond:
+                    idle_until = time.monotonic() + self._idle_s
                     while not self._items:
-                        if self._shutdown or (not self._cond.wait(self._idle_s) and not self._items):
+                        left = idle_until - time.monotonic()
+                        if self._shutdown or left <= 0:
                             return
+                        self._cond.wait(left)
                     future, fn, args = self._items.popleft()
                     self._busy += 1
                 try:
@@ -94,4 +98,5 @@ class ElasticThreadPool:
         finally:
             with self._cond:
                 self._threads -= 1
-                self._cond.notify_all()
+                if self._shutdown:
+                    self._cond.notify_all()  # for shutdown(wait=True)
