@@ -1,8 +1,9 @@
 """gunicorn hooks that run an llnode node inside gunicorn's worker process; also a gunicorn config module.
 
-Under your own gunicorn command line, name this module as the config and the node's WSGI app as the app::
+Under your own gunicorn command line, name this module as the config and the node's WSGI app as the app
+(gunicorn names a module attribute, so the module says ``app = node.wsgi_app``)::
 
-    gunicorn -c python:llnode.node.gunicorn_hooks --bind 0.0.0.0:8004 my_detector:node.wsgi_app
+    gunicorn -c python:llnode.node.gunicorn_hooks --bind 0.0.0.0:8004 my_detector:app
 
 or import the hooks into your own config file (``from llnode.node.gunicorn_hooks import *``) and set the rest
 there. What the hooks do:
@@ -55,7 +56,7 @@ def node_of(app: Any) -> Any:
             return node
         app, seen = getattr(app, 'app', None), seen + 1
     raise RuntimeError(
-        'the gunicorn app is not an llnode node: serve `node.wsgi_app` (e.g. `gunicorn my_module:node.wsgi_app`)'
+        'the gunicorn app is not an llnode node: serve its wsgi_app (`app = node.wsgi_app`, then `gunicorn my_module:app`)'
     )
 
 

@@ -86,15 +86,22 @@ class ElasticThreadPool:
                         self._cond.wait(left)
                     future, fn, args = self._items.popleft()
                     self._busy += 1
-                try:
-                    if future.set_running_or_notify_cancel():
-                        try:
-                            future.set_result(fn(*args))
-                        except BaseException as e:
-                            future.set_exception(e)
-                finally:
+                if not future.set_running_or_notify_cancel():
                     with self._cond:
                         self._busy -= 1
+                    continue
+                result: Any = None
+                error: BaseException | None = None
+                try:
+                    result = fn(*args)
+                except BaseException as e:
+                    error = e
+                with self._cond:
+                    self._busy -= 1  # before the caller hears of it: its next submit finds this thread free
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
         finally:
             with self._cond:
                 self._threads -= 1
