@@ -38,15 +38,16 @@ class ServingLimits:
     ``max_websockets``: open WebSockets (each holds a server thread); None: as ``max_long_polls``.
     ``retry_after_s``: the ``Retry-After`` a refusal carries.
     ``read_timeout_s``: longest wait for the next bytes of a request (headers or body) before the connection is
-    closed; a hung upload then frees its thread. Above the engine.io ping interval plus timeout (45 s), so an
-    idle WebSocket, which hears a ping every 25 s, never times out.
+    closed, so a hung upload frees its thread (gunicorn and werkzeug; waitress reads bodies in its own loop and
+    closes a silent connection after it). An idle WebSocket answers engine.io's ping every 25 s, so it never
+    times out; the default, engine.io's ping interval plus ping timeout, is when engine.io gives a client up.
     """
 
     max_sessions: int = 100
     max_long_polls: int | None = None
     max_websockets: int | None = None
     retry_after_s: int = 5
-    read_timeout_s: float = 60.0
+    read_timeout_s: float = 45.0
 
     def __post_init__(self) -> None:
         for name in ('max_sessions', 'max_long_polls', 'max_websockets', 'retry_after_s'):

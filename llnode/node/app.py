@@ -10,10 +10,12 @@ the traceback in the log.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
@@ -47,17 +49,41 @@ SOCKETIO_MAX_BUFFER = 64 * 1024 * 1024
 WEBSOCKET_RECEIVE_BYTES = 64 * 1024
 
 
+def _closing_websocket_driver(driver: type) -> type:
+    """engine.io's WebSocket driver whose ``close()`` also shuts the connection down.
+
+    simple-websocket reads a WebSocket in a thread of its own. When engine.io ends a session (a client that
+    vanished gives no pong within the ping timeout) it sends the close frame, but the reader stays in ``recv()``
+    on the silent connection, and the server thread of the request waits for that reader: both were held until
+    the read timeout, or for ever without one. Shutting the socket down makes the ``recv()`` return at once.
+    """
+
+    class ClosingWebSocket(driver):
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                sock = getattr(getattr(self, 'ws', None), 'sock', None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    return ClosingWebSocket
+
+
 class _EngineIOServer(engineio.Server):
     """engineio's threading server whose threads carry a name, so a leaked or stuck one is attributable, whose
-    ``sleep`` (a ping thread per client waits the ping interval with it) ends at ``shutdown()``, and whose
-    WebSocket reads take 64 KiB at a time."""
+    ``sleep`` (a ping thread per client waits the ping interval with it) ends at ``shutdown()``, whose
+    WebSocket reads take 64 KiB at a time, and whose WebSockets end their reader thread when they close."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._shutting_down = threading.Event()
         super().__init__(*args, **kwargs)
         drivers: dict[str, Any] = dict(self._async)  # type: ignore[has-type]
         if drivers.get('websocket') is not None:
-            drivers['websocket'] = functools.partial(drivers['websocket'], receive_bytes=WEBSOCKET_RECEIVE_BYTES)
+            drivers['websocket'] = functools.partial(
+                _closing_websocket_driver(drivers['websocket']), receive_bytes=WEBSOCKET_RECEIVE_BYTES
+            )
         self._async = drivers
 
     def sleep(self, seconds: float = 0) -> None:

@@ -129,7 +129,7 @@ def underscore_header_app(app: Any, names: Iterable[str]) -> Any:
 
 
 class _TimedSocket(socket.socket):
-    """A socket whose blocking mode carries a timeout: gthread switches its connections between non-blocking
+    """A connection whose blocking mode carries a timeout: gthread switches its connections between non-blocking
     (in the poller) and blocking (in a thread), and a plain blocking read would wait for a silent client
     for ever."""
 

@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--ping', type=float, default=None, help='engine.io ping interval and timeout (s)')
     parser.add_argument('--max-sessions', type=int, default=100)
-    parser.add_argument('--read-timeout', type=float, default=60.0)
+    parser.add_argument('--read-timeout', type=float, default=45.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format='%(process)d %(name)s %(message)s')
     logging.getLogger('llnode.node').setLevel(logging.INFO)
