@@ -13,7 +13,9 @@ process (``llnode loop --demo``, model 1.1 in format ``mocked``), as in ``bench/
   clients vanished (their process stopped with SIGSTOP: no close, no FIN, as a robot that drives out of range);
   the serving process's threads before, during and after, and how long after the vanishing they took to come
   back (target: engine.io's ping timeout + 10 s). Target: p99 during at most 2x idle.
-- ``idle_rss``: the mock detector 3 s after its last request: gunicorn's worker and master beside waitress.
+- ``idle_rss``: the mock detector 3 s after its last request: gunicorn's worker and master beside waitress, as RSS
+  (pages the forked worker shares with its master counted in both) and as PSS (shared pages split between them,
+  so the sum is what the two take together).
 
 The reference runs from its own virtualenv (``--reference-venv``, default /tmp/llnode-bench-ref); create it with
 ``--make-reference-venv`` (``pip install learning-loop-node==0.27.0 uvicorn``). Without it the reference is skipped.
@@ -320,12 +322,26 @@ def threads_back(pid: int, idle: int, slack: int = 2) -> float | None:
     return None
 
 
+def pss_mb(pid: int) -> float:
+    """Proportional set size: resident memory with pages shared between processes (a forked worker and its
+    master) counted once, split between them."""
+    for line in Path(f'/proc/{pid}/smaps_rollup').read_text().splitlines():
+        if line.startswith('Pss:'):
+            return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    raise SystemExit(f'no Pss for process {pid}')
+
+
 def idle_rss(process: Process, server: str) -> dict[str, Any]:
     time.sleep(3.0)
     if server != 'gunicorn':
-        return rss_mb(process.popen.pid)
-    worker, master = rss_mb(serving_pid(process, server)), rss_mb(process.popen.pid)
-    return {'worker': worker, 'master': master, 'rss_mb': round(worker['rss_mb'] + master['rss_mb'], 1)}
+        return {**rss_mb(process.popen.pid), 'pss_mb': pss_mb(process.popen.pid)}
+    pids = {'worker': serving_pid(process, server), 'master': process.popen.pid}
+    parts = {name: {**rss_mb(pid), 'pss_mb': pss_mb(pid)} for name, pid in pids.items()}
+    return {
+        **parts,
+        'rss_mb': round(sum(part['rss_mb'] for part in parts.values()), 1),
+        'pss_mb': round(sum(part['pss_mb'] for part in parts.values()), 1),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- modes
