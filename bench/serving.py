@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,32 +185,59 @@ def thread_count(pid: int) -> int:
 # ---------------------------------------------------------------------------------------------- figures
 
 
-def websocket_figures(url: str, frame: np.ndarray, *, warm_up: int, calls: int) -> dict[str, Any]:
+def alternating(calls: dict[str, Callable[[], float]], *, warm_up: int, count: int, block: int = 25) -> dict[str, Any]:
+    """``count`` timed calls of each, in alternating blocks of ``block``, so that the machine's load (other
+    processes come and go on a shared machine) weighs on every contender alike; latency figures per name."""
+    for call in calls.values():
+        for _ in range(warm_up):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    while any(len(done) < count for done in times.values()):
+        for name, call in calls.items():
+            times[name].extend(call() for _ in range(min(block, count - len(times[name]))))
+    return {name: {'calls': len(done), **latency_figures(done)} for name, done in times.items()}
+
+
+def websocket_figures(urls: dict[str, str], frame: np.ndarray, *, warm_up: int, calls: int) -> dict[str, Any]:
     payload = {
         'image': {'bytes': frame.tobytes(), 'dtype': str(frame.dtype), 'shape': list(frame.shape)},
         'autoupload': 'disabled',
     }
-    link = SocketDetect(url, 'websocket')
+    links = {name: SocketDetect(url, 'websocket') for name, url in urls.items()}
     try:
-        for _ in range(warm_up):
-            link.call(payload)
-        times = [link.call(payload) for _ in range(calls)]
+        return alternating(
+            {name: functools.partial(link.call, payload) for name, link in links.items()}, warm_up=warm_up, count=calls
+        )
     finally:
-        link.close()
-    return {'calls': calls, **latency_figures(times)}
+        for link in links.values():
+            link.close()
 
 
-def rest_figures(url: str, jpeg: bytes, *, calls: int, clients: int, per_client: int) -> dict[str, Any]:
-    rest = RestDetect(url, jpeg)
-    with requests.Session() as session:
-        rest.check(session)
-        for _ in range(10):
-            rest.call(session)
-        sequential = latency_figures([rest.call(session) for _ in range(calls)])
-    wall, times = run_clients(clients, per_client, rest.call, requests.Session)
+def rest_figures(urls: dict[str, str], jpeg: bytes, *, calls: int, clients: int, rounds: int = 2) -> dict[str, Any]:
+    """Sequential latency in alternating blocks, then ``clients`` clients' throughput, servers taking turns."""
+    rest = {name: RestDetect(url, jpeg) for name, url in urls.items()}
+    sessions = {name: requests.Session() for name in urls}
+    try:
+        for name, session in sessions.items():
+            rest[name].check(session)
+        sequential = alternating(
+            {name: functools.partial(rest[name].call, sessions[name]) for name in urls}, warm_up=10, count=calls
+        )
+    finally:
+        for session in sessions.values():
+            session.close()
+    throughput: dict[str, list[float]] = {name: [] for name in urls}
+    for _ in range(rounds):
+        for name in urls:
+            wall, times = run_clients(clients, calls // 4, rest[name].call, requests.Session)
+            throughput[name].append(round(len(times) / wall, 1))
     return {
-        'sequential': {'calls': calls, **sequential},
-        f'{clients}_clients': {'requests_per_s': round(len(times) / wall, 1), **latency_figures(times)},
+        name: {
+            'sequential': sequential[name],
+            f'{clients}_clients_requests_per_s': throughput[name],
+            f'{clients}_clients_requests_per_s_mean': round(sum(throughput[name]) / rounds, 1),
+        }
+        for name in urls
     }
 
 
@@ -415,30 +443,33 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix='llnode-bench-serving-') as tmp, local_loop(Path(tmp)) as loop_host:
         folder = Path(tmp)
-        websocket: dict[str, Any] = {}
-        if has_reference:
-            with reference_detector(args.reference_venv, loop_host, folder) as (url, _):
-                websocket['reference_uvicorn'] = websocket_figures(url, frame, warm_up=warm_up, calls=calls)
-        else:
-            websocket['reference_uvicorn'] = {'skipped': f'no virtualenv at {args.reference_venv}'}
-        rest: dict[str, Any] = {}
-        starvation: dict[str, Any] = {}
-        rss: dict[str, Any] = {}
-        for server in ('gunicorn', 'waitress', 'werkzeug'):
-            with llnode_detector(loop_host, server, folder) as (url, process):
-                if server != 'waitress':
-                    websocket[f'llnode_{server}'] = websocket_figures(url, frame, warm_up=warm_up, calls=calls)
-                if server != 'werkzeug':
-                    rest[server] = rest_figures(url, jpeg, calls=calls, clients=8, per_client=calls // 4)
-                    rss[server] = idle_rss(process, server)
-                if not args.skip_starvation:
+        # Head to head: every detector up at once, measured in turns.
+        with contextlib.ExitStack() as stack:
+            urls, processes = {}, {}
+            if has_reference:
+                urls['reference_uvicorn'], _ = stack.enter_context(
+                    reference_detector(args.reference_venv, loop_host, folder)
+                )
+            for server in ('gunicorn', 'waitress', 'werkzeug'):
+                urls[server], processes[server] = stack.enter_context(llnode_detector(loop_host, server, folder))
+            websocket_urls = {name: url for name, url in urls.items() if name != 'waitress'}
+            websocket = websocket_figures(websocket_urls, frame, warm_up=warm_up, calls=calls)
+            if not has_reference:
+                websocket['reference_uvicorn'] = {'skipped': f'no virtualenv at {args.reference_venv}'}
+            else:
+                ratio = websocket['gunicorn']['p50_ms'] / websocket['reference_uvicorn']['p50_ms']
+                websocket['gunicorn_over_reference_p50'] = round(ratio, 2)
+            rest = rest_figures({name: urls[name] for name in ('gunicorn', 'waitress')}, jpeg, calls=calls, clients=8)
+            rss = {server: idle_rss(processes[server], server) for server in ('gunicorn', 'waitress')}
+        result.update(socketio_websocket=websocket, rest=rest, idle_rss=rss)
+        # Starvation: one server at a time.
+        if not args.skip_starvation:
+            starvation: dict[str, Any] = {}
+            (folder / 'starvation').mkdir()
+            for server in ('gunicorn', 'waitress', 'werkzeug'):
+                with llnode_detector(loop_host, server, folder / 'starvation') as (url, process):
                     pid = serving_pid(process, server)
                     starvation[server] = starvation_figures(url, pid, jpeg, calls=calls // 2, quick=args.quick)
-        reference_p50 = websocket['reference_uvicorn'].get('p50_ms')
-        if reference_p50:
-            websocket['gunicorn_over_reference_p50'] = round(websocket['llnode_gunicorn']['p50_ms'] / reference_p50, 2)
-        result.update(socketio_websocket=websocket, rest=rest, idle_rss=rss)
-        if starvation:
             result['starvation'] = starvation
     result['targets_met'] = targets_met(result)
     result['machine'] = machine(load_before)
@@ -453,7 +484,7 @@ def targets_met(result: dict[str, Any]) -> dict[str, Any]:
     gunicorn, waitress = result['rest']['gunicorn'], result['rest']['waitress']
     met['rest_p50_no_worse_than_waitress'] = gunicorn['sequential']['p50_ms'] <= waitress['sequential']['p50_ms']
     met['rest_8_clients_no_worse_than_waitress'] = (
-        gunicorn['8_clients']['requests_per_s'] >= waitress['8_clients']['requests_per_s']
+        gunicorn['8_clients_requests_per_s_mean'] >= waitress['8_clients_requests_per_s_mean']
     )
     for server, figures in result.get('starvation', {}).items():
         ratio = figures.get('p99_during_over_idle')
