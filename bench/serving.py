@@ -13,6 +13,8 @@ process (``llnode loop --demo``, model 1.1 in format ``mocked``), as in ``bench/
   clients vanished (their process stopped with SIGSTOP: no close, no FIN, as a robot that drives out of range);
   the serving process's threads before, during and after, and how long after the vanishing they took to come
   back (target: engine.io's ping timeout + 10 s). Target: p99 during at most 2x idle.
+- ``starvation_raised_limits``: the same with the Socket.IO limits raised to ``--raised-sessions`` (220), so
+  that all 200 clients are connected (the defaults, sized for a robot, refuse about half of them).
 - ``idle_rss``: the mock detector 3 s after its last request: gunicorn's worker and master beside waitress, as RSS
   (pages the forked worker shares with its master counted in both) and as PSS (shared pages split between them,
   so the sum is what the two take together).
@@ -21,6 +23,7 @@ The reference runs from its own virtualenv (``--reference-venv``, default /tmp/l
 ``--make-reference-venv`` (``pip install learning-loop-node==0.27.0 uvicorn``). Without it the reference is skipped.
 
     python bench/serving.py [--quick] [--make-reference-venv] [--reference-venv PATH] [--skip-starvation]
+                            [--raised-sessions N]
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ from detect import (  # bench/detect.py: benchmarks run as scripts from bench/
 from machine import machine
 
 REFERENCE_VENV = Path('/tmp/llnode-bench-ref')
+#: how the bench tells its mock detector to raise the Socket.IO limits (``--raised-sessions``)
+SESSIONS_VARIABLE = 'LLNODE_BENCH_SESSIONS'
 REFERENCE_PACKAGES = ('learning-loop-node==0.27.0', 'uvicorn')
 
 TARGET_WEBSOCKET_RATIO = 0.75
@@ -129,13 +134,14 @@ def detector_env(loop_host: str, data_folder: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def llnode_detector(loop_host: str, server: str, folder: Path) -> Iterator[tuple[str, Process]]:
-    """The mock detector served by ``serve(server=...)`` in its own process, model loaded."""
+def llnode_detector(loop_host: str, server: str, folder: Path, sessions: int = 0) -> Iterator[tuple[str, Process]]:
+    """The mock detector served by ``serve(server=...)`` in its own process, model loaded; ``sessions``: limits
+    raised to that many Socket.IO sessions, long-polls and WebSockets, with that many threads plus the REST
+    reserve (0: the defaults)."""
     port = free_port()
     args = [sys.executable, __file__, '--serve-mock', server, str(port)]
-    process = Process.start(
-        f'mock detector ({server})', args, folder / f'{server}.log', detector_env(loop_host, folder / server)
-    )
+    env = {**detector_env(loop_host, folder / server), SESSIONS_VARIABLE: str(sessions)}
+    process = Process.start(f'mock detector ({server})', args, folder / f'{server}.log', env)
     url = f'http://127.0.0.1:{port}'
     try:
         process.wait_until(f'{url}/readyz', 'readiness (model 1.1 loaded)')
@@ -388,7 +394,13 @@ def serve_mock(server: str, port: int) -> int:
     from llnode.detector import DetectorNode
 
     node = DetectorNode('mocked detector', module.MockFactory())
-    return node.serve('127.0.0.1', port, server=server)
+    sessions = int(os.environ.get(SESSIONS_VARIABLE, '0'))
+    if not sessions:
+        return node.serve('127.0.0.1', port, server=server)
+    from llnode.node.admission import REST_RESERVE, ServingLimits
+
+    limits = ServingLimits(max_sessions=sessions, max_long_polls=sessions, max_websockets=sessions)
+    return node.serve('127.0.0.1', port, server=server, threads=sessions + REST_RESERVE, limits=limits)
 
 
 def idle_clients(url: str, count: int) -> None:
@@ -423,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--reference-venv', type=Path, default=REFERENCE_VENV)
     parser.add_argument('--make-reference-venv', action='store_true', help='create the reference virtualenv first')
     parser.add_argument('--skip-starvation', action='store_true')
+    parser.add_argument(
+        '--raised-sessions',
+        type=int,
+        default=220,
+        help='run the starvation figures again with the limits raised to this many sessions (0: do not)',
+    )
     parser.add_argument('--serve-mock', nargs=2, metavar=('SERVER', 'PORT'), help=argparse.SUPPRESS)
     parser.add_argument('--idle-clients', nargs=2, metavar=('URL', 'COUNT'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -464,13 +482,16 @@ def main(argv: list[str] | None = None) -> int:
         result.update(socketio_websocket=websocket, rest=rest, idle_rss=rss)
         # Starvation: one server at a time.
         if not args.skip_starvation:
-            starvation: dict[str, Any] = {}
-            (folder / 'starvation').mkdir()
-            for server in ('gunicorn', 'waitress', 'werkzeug'):
-                with llnode_detector(loop_host, server, folder / 'starvation') as (url, process):
-                    pid = serving_pid(process, server)
-                    starvation[server] = starvation_figures(url, pid, jpeg, calls=calls // 2, quick=args.quick)
-            result['starvation'] = starvation
+            for key, sessions in (('starvation', 0), ('starvation_raised_limits', args.raised_sessions)):
+                if key != 'starvation' and not sessions:
+                    continue
+                starvation: dict[str, Any] = {'sessions_limit': sessions or 'default'}
+                (folder / key).mkdir()
+                for server in ('gunicorn', 'waitress', 'werkzeug'):
+                    with llnode_detector(loop_host, server, folder / key, sessions) as (url, process):
+                        pid = serving_pid(process, server)
+                        starvation[server] = starvation_figures(url, pid, jpeg, calls=calls // 2, quick=args.quick)
+                result[key] = starvation
     result['targets_met'] = targets_met(result)
     result['machine'] = machine(load_before)
     print(json.dumps(result))
@@ -486,12 +507,15 @@ def targets_met(result: dict[str, Any]) -> dict[str, Any]:
     met['rest_8_clients_no_worse_than_waitress'] = (
         gunicorn['8_clients_requests_per_s_mean'] >= waitress['8_clients_requests_per_s_mean']
     )
-    for server, figures in result.get('starvation', {}).items():
-        ratio = figures.get('p99_during_over_idle')
-        met[f'starvation_{server}_p99_within_2x'] = ratio is not None and ratio <= TARGET_STARVED_P99_RATIO
-        vanished = next(v for k, v in figures.items() if k.endswith('_vanished_clients'))
-        back = vanished['threads_back_to_idle_after_s']
-        met[f'starvation_{server}_threads_back'] = back is not None and back <= PING_INTERVAL_S + PING_TIMEOUT_S + 10
+    for key in ('starvation', 'starvation_raised_limits'):
+        for server, figures in result.get(key, {}).items():
+            if server == 'sessions_limit':
+                continue
+            ratio = figures.get('p99_during_over_idle')
+            met[f'{key}_{server}_p99_within_2x'] = ratio is not None and ratio <= TARGET_STARVED_P99_RATIO
+            vanished = next(v for k, v in figures.items() if k.endswith('_vanished_clients'))
+            back = vanished['threads_back_to_idle_after_s']
+            met[f'{key}_{server}_threads_back'] = back is not None and back <= PING_INTERVAL_S + PING_TIMEOUT_S + 10
     return met
 
 
