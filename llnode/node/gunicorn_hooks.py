@@ -42,7 +42,7 @@ WATCH_INTERVAL_S = 0.1
 # gunicorn settings this module sets when named as the config (``-c python:llnode.node.gunicorn_hooks``).
 workers = 1
 worker_class = 'llnode.node.gunicorn_serving.NodeThreadWorker'
-threads = 64
+threads = 256
 graceful_timeout = 20
 max_requests = 0
 

@@ -318,6 +318,12 @@ class NodeApplication(BaseApplication):
     def load(self) -> Any:
         return self._app
 
+    def request_stop(self) -> None:
+        """Stop serving as on SIGTERM (the worker stops its node warmly); safe from any thread of the master."""
+        arbiter = self.arbiter
+        if arbiter is not None:
+            arbiter.request_stop()
+
     def run(self) -> int:
         """Serve until the worker ends; the worker's exit code (1 when a second signal forced it)."""
         if threading.current_thread() is not threading.main_thread():

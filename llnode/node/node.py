@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -45,6 +46,7 @@ from llnode.node.wsmask import install as install_numpy_unmasking
 if TYPE_CHECKING:
     from llnode.loop.http import LoopClient
     from llnode.loop.socket import LaneFunction, LoopSocket
+    from llnode.node.gunicorn_serving import NodeApplication
 
 logger = logging.getLogger('llnode.node')
 
@@ -137,6 +139,9 @@ class Node:
         self._lifecycle_lock = threading.Lock()
         self._state = _NEW
         self._http: HTTPServer | None = None
+        # While this process is gunicorn's master for the node: the application and the master's pid (a forked
+        # worker has a copy of this node, which runs there).
+        self._gunicorn: tuple[NodeApplication, int] | None = None
         self._serving_address: tuple[str, int] | None = None
         self._exit_code: int | None = None
         self._started_at: float | None = None
@@ -416,6 +421,10 @@ class Node:
         """Stop everything within about ``timeout`` seconds; True if every thread ended in time. Idempotent."""
         deadline = time.monotonic() + max(0.0, timeout)
         self._exit_event.set()
+        master = self._gunicorn
+        if master is not None and master[1] == os.getpid():  # gunicorn's master (the node runs in the worker)
+            master[0].request_stop()
+            return self._stopped.wait(max(0.0, deadline - time.monotonic()))
         with self._lifecycle_lock:
             state = self._state
             if state == _NEW:
@@ -541,6 +550,7 @@ class Node:
             read_timeout_s=limits.read_timeout_s,
         )
         self._serving_address = (str(address[0]), int(address[1]))
+        self._gunicorn = (application, os.getpid())
         logger.info(
             'serving on http://%s:%d (gunicorn, 1 worker, up to %d threads, Socket.IO with WebSocket)',
             *self._serving_address,
@@ -550,6 +560,7 @@ class Node:
             return application.run()
         finally:
             self._serving_address = None
+            self._gunicorn = None
             with self._lifecycle_lock:
                 self._state = _STOPPED
             self._stopped.set()

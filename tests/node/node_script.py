@@ -3,7 +3,8 @@
 Modes: ``run`` (runs until a signal), ``restart`` (asks for a restart with code 3 on its first cycle),
 ``slow-stop`` (its ``on_stop`` hangs, so only a second signal ends it), ``serve`` (serves with werkzeug on a
 free loopback port); ``gunicorn``, ``gunicorn-restart`` and ``gunicorn-slow-stop`` do the same served by
-gunicorn (the node runs in its forked worker). It prints ``READY`` once started and ``RESTORED True`` if the
+gunicorn (the node runs in its forked worker), and ``gunicorn-stop`` calls ``node.stop()`` from a thread of the
+master once it serves. It prints ``READY`` once started and ``RESTORED True`` if the
 signal handlers it had before ``run()`` are back afterwards.
 """
 
@@ -47,6 +48,15 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, own_handler)
     node = ScriptNode('script node', settings=Settings(data_folder=data_folder), repeat_interval=0.05)
+    if mode == 'gunicorn-stop':
+
+        def stop_when_served() -> None:
+            while node.server_address is None:
+                threading.Event().wait(0.05)
+            threading.Event().wait(1.0)  # the worker has started its node by then
+            node.stop()
+
+        threading.Thread(target=stop_when_served, name='script-stopper', daemon=True).start()
     if gunicorn:
         code = node.serve('127.0.0.1', 0, server='gunicorn', threads=4)
     else:

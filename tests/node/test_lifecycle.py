@@ -213,6 +213,12 @@ def test_a_signal_ends_the_process_with_code_0(script: Any, mode: str, signum: i
     assert 'own handler called' not in proc.output
 
 
+def test_stop_in_gunicorns_master_stops_the_worker_warmly(script: Any) -> None:
+    proc = script('gunicorn-stop')
+    assert proc.wait_exit() == 0, proc.output
+    assert 'STOPPING' in proc.output and 'RESTORED True' in proc.output
+
+
 @pytest.mark.parametrize('mode', ['restart', 'gunicorn-restart'])
 def test_restart_request_ends_the_process_with_its_code(script: Any, mode: str) -> None:
     proc = script(mode)
