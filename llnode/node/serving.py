@@ -41,6 +41,10 @@ SERVERS = ('gunicorn', 'waitress', 'werkzeug')
 #: waitress starts all of them; werkzeug starts one per connection).
 DEFAULT_THREADS = {'gunicorn': 256, 'waitress': 32, 'werkzeug': 32}
 
+#: waitress's open connections per worker thread (at least 100, its default): a long-polling Socket.IO client
+#: holds two and a keep-alive REST client one, while only requests being answered take a thread.
+CONNECTIONS_PER_THREAD = 4
+
 #: How often the serving loops look at their stop flag when nothing wakes them.
 POLL_INTERVAL_S = 0.2
 
@@ -183,8 +187,17 @@ class WaitressServer:
         # ``_dispatcher``: waitress's own hook for a dispatcher made outside (its tests use it); waitress then
         # leaves starting the threads to us, which happens once the port is bound.
         timeouts = {} if read_timeout_s is None else {'channel_timeout': max(1, int(read_timeout_s))}
+        # waitress stops accepting at 100 open connections (its default), and a long-polling Socket.IO client
+        # keeps two (its poll and its posts): past 50 clients new connections waited in the backlog, REST included.
         self._server = create_server(
-            app, map=self._map, host=host, port=port, threads=threads, _dispatcher=dispatcher, **timeouts
+            app,
+            map=self._map,
+            host=host,
+            port=port,
+            threads=threads,
+            connection_limit=max(100, CONNECTIONS_PER_THREAD * threads),
+            _dispatcher=dispatcher,
+            **timeouts,
         )
         dispatcher.set_thread_count(threads)
         if underscore_headers:
