@@ -147,6 +147,7 @@ def hung_post(url: str) -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_hung_uploads_neither_starve_rest_nor_keep_their_threads(
     server: str, served: Callable[..., ServedProcess]
 ) -> None:
@@ -163,6 +164,7 @@ def test_hung_uploads_neither_starve_rest_nor_keep_their_threads(
             sock.close()
 
 
+@pytest.mark.slow
 def test_vanished_clients_free_their_threads(server: str, served: Callable[..., ServedProcess]) -> None:
     """Clients that vanish (their process stopped) without closing: engine.io gives their sessions up after the ping
     timeout, and the threads they held end soon after."""
