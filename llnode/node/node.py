@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -34,6 +35,7 @@ import socketio
 from flask import Blueprint, Flask
 
 from llnode.config import ConfigError, Settings
+from llnode.node.admission import ServingLimits, SocketIOAdmission
 from llnode.node.app import SOCKETIO_PATH, common_blueprint, create_app, create_socketio_server
 from llnode.node.errors import NodeHTTPError
 from llnode.node.identity import node_key, node_uuid
@@ -42,13 +44,14 @@ from llnode.node.metrics import Metric, NodeMetrics, loop_link_families, node_fa
 from llnode.node.openapi import ApiDescription, describe_common_routes
 from llnode.node.repeat import REPEAT_INTERVAL, RepeatThread
 from llnode.node.restart import EXIT_FORCED, EXIT_NEEDS_RESTART, EXIT_OK, NodeNeedsRestartError
-from llnode.node.serving import SERVERS, HTTPServer, make_server
+from llnode.node.serving import SERVERS, HTTPServer, bind, default_server, default_threads, make_server
 from llnode.node.wsmask import install as install_numpy_unmasking
 from llnode.startup import bind_error, report
 
 if TYPE_CHECKING:
     from llnode.loop.http import LoopClient
     from llnode.loop.socket import LaneFunction, LoopSocket
+    from llnode.node.gunicorn_serving import NodeApplication
 
 logger = logging.getLogger('llnode.node')
 
@@ -105,6 +108,9 @@ class Node:
     #: Request headers with ``_`` in their names that ``serve()`` passes to the app (both servers drop them
     #: otherwise); they arrive under their hyphenated names.
     underscore_headers: ClassVar[tuple[str, ...]] = ()
+    #: Bounds on Socket.IO's long-lived connections and on hung requests under ``serve()``
+    #: (:class:`llnode.node.admission.ServingLimits`); ``serve(limits=...)`` overrides them.
+    serving_limits: ClassVar[ServingLimits] = ServingLimits()
 
     def __init__(
         self,
@@ -139,6 +145,9 @@ class Node:
         self._lifecycle_lock = threading.Lock()
         self._state = _NEW
         self._http: HTTPServer | None = None
+        # While this process is gunicorn's master for the node: the application and the master's pid (a forked
+        # worker has a copy of this node, which runs there).
+        self._gunicorn: tuple[NodeApplication, int] | None = None
         self._serving_address: tuple[str, int] | None = None
         self._exit_code: int | None = None
         self._started_at: float | None = None
@@ -212,6 +221,7 @@ class Node:
         with self._app_lock:
             if self._wsgi_app is None:
                 self._wsgi_app = socketio.WSGIApp(self._sio, flask_app, socketio_path=SOCKETIO_PATH)
+                self._wsgi_app.llnode_node = self  # how llnode.node.gunicorn_hooks finds the node
             return self._wsgi_app
 
     @property
@@ -487,6 +497,10 @@ class Node:
         """Stop everything within about ``timeout`` seconds; True if every thread ended in time. Idempotent."""
         deadline = time.monotonic() + max(0.0, timeout)
         self._exit_event.set()
+        master = self._gunicorn
+        if master is not None and master[1] == os.getpid():  # gunicorn's master (the node runs in the worker)
+            master[0].request_stop()
+            return self._stopped.wait(max(0.0, deadline - time.monotonic()))
         with self._lifecycle_lock:
             state = self._state
             if state == _NEW:
@@ -531,6 +545,10 @@ class Node:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def wait_for_exit_request(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for ``stop()`` or ``request_restart()``; True once one was asked for."""
+        return self._exit_event.wait(timeout)
+
     def run(self) -> int:
         """Start (unless started), block until a signal, ``stop()`` or ``request_restart()``, stop; the exit code.
 
@@ -543,37 +561,100 @@ class Node:
         """
         return self._block(None)
 
-    def serve(self, host: str = '0.0.0.0', port: int = 80, *, server: str = 'waitress', threads: int = 32) -> int:
+    def serve(
+        self,
+        host: str = '0.0.0.0',
+        port: int = 80,
+        *,
+        server: str | None = None,
+        threads: int | None = None,
+        limits: ServingLimits | None = None,
+    ) -> int:
         """Run the node and serve ``wsgi_app`` on ``host:port`` until it stops; returns the exit code like ``run()``.
 
-        ``server='waitress'`` (default; Socket.IO long-polling only: waitress cannot upgrade to WebSocket, so
-        the node stops advertising upgrades) or ``'werkzeug'`` (threaded, carries WebSocket). ``threads`` is
-        waitress's worker count: every connected long-polling Socket.IO client holds one while its poll waits
-        (up to the 25 s ping interval), so give it more than the Socket.IO clients you expect (32 by default;
-        idle threads cost little). A start-up error (a port in use, a missing setting) is one line on stderr naming
-        it and the fix, and exit code 2, as in ``run()``; the node does not start.
+        ``server``: ``'gunicorn'`` (the default on Linux when called from the main thread: gunicorn's threaded
+        worker in one forked worker process, Socket.IO with WebSocket; the node runs in the worker),
+        ``'waitress'`` (the default elsewhere; Socket.IO long-polling only: waitress cannot upgrade to
+        WebSocket, so the node stops advertising upgrades) or ``'werkzeug'`` (threaded development server,
+        carries WebSocket). ``threads``: the server's most threads (gunicorn 256, started on demand and ended
+        when idle; waitress 32, all started; werkzeug: one per connection). ``limits``: bounds on Socket.IO
+        sessions, waiting long-polls, WebSockets and hung requests (default ``serving_limits``); past one the
+        next connection gets 503 with ``Retry-After``, so the REST API always keeps threads. See docs/serving.rst.
+        A start-up error (a port in use, a missing setting) is one line on stderr naming it and the fix, and exit
+        code 2, as in ``run()``; the node does not start.
         """
+        server = default_server() if server is None else server
         if server not in SERVERS:
             raise ValueError(f'server must be one of {", ".join(SERVERS)}, got {server!r}')
+        threads = default_threads(server) if threads is None else threads
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f'threads must be a positive integer, got {threads!r}')
+        limits = self.serving_limits if limits is None else limits
+        if not isinstance(limits, ServingLimits):
+            raise TypeError(f'limits must be a ServingLimits, got {type(limits).__name__}')
         with self._lifecycle_lock:
             if self._http is not None:
                 raise RuntimeError(f'{self!r} is already served')
             if self._state in (_STOPPING, _STOPPED):
                 raise RuntimeError(f'{self!r} was stopped; create a new node')
-        self.websocket_enabled = server == 'werkzeug'
+        self.websocket_enabled = server != 'waitress'
+        limits = limits.for_threads(None if server == 'werkzeug' else threads, websocket=self.websocket_enabled)
+        admission = SocketIOAdmission(self.wsgi_app, self._sio.eio, SOCKETIO_PATH, limits)
+        activity = RequestActivity(admission)
+        if server == 'gunicorn':
+            return self._serve_gunicorn(activity, host, port, threads, limits)
         if server == 'werkzeug':
             install_numpy_unmasking()  # a third of the server's work for a raw image frame (llnode.node.wsmask)
         tune_allocator()  # before any server thread exists: the arena cap applies to threads created after it
-        activity = RequestActivity(self.wsgi_app)
         try:
             http = make_server(
-                activity, host, port, server=server, threads=threads, underscore_headers=self.underscore_headers
+                activity,
+                host,
+                port,
+                server=server,
+                threads=threads,
+                underscore_headers=self.underscore_headers,
+                read_timeout_s=limits.read_timeout_s,
             )
         except OSError as e:
             return report(bind_error(host, port, e))
         with self._lifecycle_lock:
             self._http = http
         return self._block(http, IdleTrimmer(activity, release=self._release_cached_memory))
+
+    def _serve_gunicorn(self, app: Any, host: str, port: int, threads: int, limits: ServingLimits) -> int:
+        """This process becomes gunicorn's master; the node starts in the forked worker (llnode.node.gunicorn_hooks)."""
+        if self._state != _NEW:
+            raise RuntimeError(f"{self!r} is already started: server='gunicorn' starts the node in its worker")
+        from llnode.node.gunicorn_serving import NodeApplication, underscore_header_app
+
+        try:
+            listener = bind(host, port)
+        except OSError as e:
+            return report(bind_error(host, port, e))
+        address = listener.getsockname()[:2]
+        application = NodeApplication(
+            underscore_header_app(app, self.underscore_headers),
+            listener,
+            threads=threads,
+            graceful_timeout=STOP_TIMEOUT + 5,
+            read_timeout_s=limits.read_timeout_s,
+        )
+        self._serving_address = (str(address[0]), int(address[1]))
+        self._gunicorn = (application, os.getpid())
+        logger.info(
+            'serving on http://%s:%d (gunicorn, 1 worker, up to %d threads, Socket.IO with WebSocket)',
+            *self._serving_address,
+            threads,
+        )
+        try:
+            return application.run()
+        finally:
+            self._serving_address = None
+            self._gunicorn = None
+            with self._lifecycle_lock:
+                self._state = _STOPPED
+            self._stopped.set()
 
     # ------------------------------------------------------------------ internals
 

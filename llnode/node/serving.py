@@ -1,5 +1,7 @@
 """Serving a node's WSGI app with waitress or werkzeug's threaded server, stoppable within a bounded time.
 
+(gunicorn, the default on Linux, forks and runs as the process's master: see :mod:`llnode.node.gunicorn_serving`.)
+
 Both servers bind in the constructor (a port in use is an ``OSError`` there, before the node starts), serve in
 one named thread after ``start()``, and ``stop(timeout)`` ends that thread and every connection it opened.
 
@@ -25,6 +27,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -32,7 +35,15 @@ from typing import Any, Protocol
 
 logger = logging.getLogger('llnode.node.http')
 
-SERVERS = ('waitress', 'werkzeug')
+SERVERS = ('gunicorn', 'waitress', 'werkzeug')
+
+#: Most threads per server when ``serve()`` is not told (gunicorn's start on demand and end when idle;
+#: waitress starts all of them; werkzeug starts one per connection).
+DEFAULT_THREADS = {'gunicorn': 256, 'waitress': 32, 'werkzeug': 32}
+
+#: waitress's open connections per worker thread (at least 100, its default): a long-polling Socket.IO client
+#: holds two and a keep-alive REST client one, while only requests being answered take a thread.
+CONNECTIONS_PER_THREAD = 4
 
 #: How often the serving loops look at their stop flag when nothing wakes them.
 POLL_INTERVAL_S = 0.2
@@ -49,6 +60,22 @@ class HTTPServer(Protocol):
     def stop(self, timeout: float) -> bool: ...
 
 
+def default_server() -> str:
+    """gunicorn on Linux when it is installed and ``serve()`` runs in the main thread (it forks and handles
+    signals), else waitress."""
+    if not sys.platform.startswith('linux') or threading.current_thread() is not threading.main_thread():
+        return 'waitress'
+    try:
+        import gunicorn  # noqa: F401
+    except ImportError:
+        return 'waitress'
+    return 'gunicorn'
+
+
+def default_threads(server: str) -> int:
+    return DEFAULT_THREADS.get(server, 32)
+
+
 def make_server(
     app: Any,
     host: str,
@@ -57,21 +84,25 @@ def make_server(
     server: str = 'waitress',
     threads: int = 8,
     underscore_headers: Iterable[str] = (),
+    read_timeout_s: float | None = None,
 ) -> HTTPServer:
     """Bind ``host:port`` (port 0: any free port) for ``app`` with the named server; serving starts on ``start()``.
 
+    ``server``: ``waitress`` or ``werkzeug`` (gunicorn runs through ``Node.serve()``, which forks).
     ``underscore_headers``: header names with ``_`` to pass to the app anyway (see the module docstring).
+    ``read_timeout_s``: how long a connection may stay silent in the middle of a request (and, for werkzeug,
+    between requests) before it is closed; None: the server's own default.
     """
-    if server not in SERVERS:
-        raise ValueError(f'server must be one of {", ".join(SERVERS)}, got {server!r}')
+    if server not in ('waitress', 'werkzeug'):
+        raise ValueError(f'server must be waitress or werkzeug, got {server!r}')
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f'port must be an integer from 0 to 65535, got {port!r}')
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f'threads must be a positive integer, got {threads!r}')
     names = frozenset(_checked_header_names(underscore_headers))
     if server == 'waitress':
-        return WaitressServer(app, host, port, threads=threads, underscore_headers=names)
-    return WerkzeugServer(app, host, port, underscore_headers=names)
+        return WaitressServer(app, host, port, threads=threads, underscore_headers=names, read_timeout_s=read_timeout_s)
+    return WerkzeugServer(app, host, port, underscore_headers=names, read_timeout_s=read_timeout_s)
 
 
 def _checked_header_names(names: Iterable[str]) -> list[str]:
@@ -133,7 +164,14 @@ class WaitressServer:
     """waitress, driven by llnode's own loop so that the serving thread itself closes every channel on stop."""
 
     def __init__(
-        self, app: Any, host: str, port: int, *, threads: int = 8, underscore_headers: frozenset[str] = frozenset()
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        threads: int = 8,
+        underscore_headers: frozenset[str] = frozenset(),
+        read_timeout_s: float | None = None,
     ) -> None:
         from waitress import wasyncore
         from waitress.channel import HTTPChannel
@@ -148,9 +186,19 @@ class WaitressServer:
         dispatcher.queue_cv = LifoCondition(dispatcher.lock)
         # ``_dispatcher``: waitress's own hook for a dispatcher made outside (its tests use it); waitress then
         # leaves starting the threads to us, which happens once the port is bound.
+        timeouts = {} if read_timeout_s is None else {'channel_timeout': max(1, int(read_timeout_s))}
+        # waitress stops accepting at 100 open connections (its default), and a long-polling Socket.IO client
+        # keeps two (its poll and its posts): past 50 clients new connections waited in the backlog, REST included.
         try:
             self._server = create_server(
-                app, map=self._map, host=host, port=port, threads=threads, _dispatcher=dispatcher
+                app,
+                map=self._map,
+                host=host,
+                port=port,
+                threads=threads,
+                connection_limit=max(100, CONNECTIONS_PER_THREAD * threads),
+                _dispatcher=dispatcher,
+                **timeouts,
             )
         except ValueError as e:  # waitress's word for a host name that does not resolve
             raise socket.gaierror(socket.EAI_NONAME, f'{host}: {e}') from e
@@ -251,11 +299,20 @@ class WaitressServer:
 class WerkzeugServer:
     """werkzeug's threaded server with named, tracked request threads; carries WebSocket for Socket.IO."""
 
-    def __init__(self, app: Any, host: str, port: int, *, underscore_headers: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        underscore_headers: frozenset[str] = frozenset(),
+        read_timeout_s: float | None = None,
+    ) -> None:
         from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
         class RequestHandler(WSGIRequestHandler):
             protocol_version = 'HTTP/1.1'
+            timeout = read_timeout_s  # socketserver sets it on each connection: a silent client frees its thread
 
             def make_environ(self) -> Any:
                 environ = super().make_environ()
@@ -303,7 +360,7 @@ class WerkzeugServer:
 
         self._connections = connections
         self._connections_lock = connections_lock
-        listener = _bind(host, port)
+        listener = bind(host, port)
         try:
             self._server = Server(host, port, app, handler=RequestHandler, fd=listener.fileno())
         finally:
@@ -350,7 +407,7 @@ class WerkzeugServer:
             logger.exception('werkzeug serving loop failed')
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port``; an address in use or unknown host is an ``OSError`` here."""
     family = socket.AF_INET6 if ':' in host else socket.AF_INET
     infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)

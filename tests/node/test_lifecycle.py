@@ -200,11 +200,12 @@ def script(tmp_path: Path) -> Any:
         s.kill()
 
 
-@pytest.mark.parametrize('mode', ['run', 'serve'])
-def test_sigterm_ends_the_process_with_code_0(script: Any, mode: str) -> None:
+@pytest.mark.parametrize('mode', ['run', 'serve', 'gunicorn'])
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_process_with_code_0(script: Any, mode: str, signum: int) -> None:
     proc = script(mode)
     proc.wait_line('READY')
-    proc.proc.send_signal(signal.SIGTERM)
+    proc.proc.send_signal(signum)
     assert proc.wait_exit() == 0, proc.output
     assert 'warm shutdown' in proc.output
     assert 'STOPPING' in proc.output  # on_stop ran
@@ -212,15 +213,23 @@ def test_sigterm_ends_the_process_with_code_0(script: Any, mode: str) -> None:
     assert 'own handler called' not in proc.output
 
 
-def test_restart_request_ends_the_process_with_its_code(script: Any) -> None:
-    proc = script('restart')
+def test_stop_in_gunicorns_master_stops_the_worker_warmly(script: Any) -> None:
+    proc = script('gunicorn-stop')
+    assert proc.wait_exit() == 0, proc.output
+    assert 'STOPPING' in proc.output and 'RESTORED True' in proc.output
+
+
+@pytest.mark.parametrize('mode', ['restart', 'gunicorn-restart'])
+def test_restart_request_ends_the_process_with_its_code(script: Any, mode: str) -> None:
+    proc = script(mode)
     assert proc.wait_exit() == 3, proc.output
     assert 'restart requested (exit code 3)' in proc.output
     assert 'STOPPING' in proc.output and 'RESTORED True' in proc.output
 
 
-def test_second_sigterm_forces_exit_with_code_1(script: Any) -> None:
-    proc = script('slow-stop')
+@pytest.mark.parametrize('mode', ['slow-stop', 'gunicorn-slow-stop'])
+def test_second_sigterm_forces_exit_with_code_1(script: Any, mode: str) -> None:
+    proc = script(mode)
     proc.wait_line('READY')
     proc.proc.send_signal(signal.SIGTERM)
     proc.wait_line('STOPPING')  # warm shutdown now hangs in on_stop

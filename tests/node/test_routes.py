@@ -237,11 +237,11 @@ def test_readyz_is_503_after_stop_for_an_external_server(settings: Settings) -> 
 def test_serve_refuses_an_unknown_server_and_a_busy_port(
     settings: Settings, serve: Callable[..., Served], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(ValueError, match='waitress, werkzeug'):
-        RouteNode('x', settings=settings).serve('127.0.0.1', 0, server='gunicorn')
+    with pytest.raises(ValueError, match='gunicorn, waitress, werkzeug'):
+        RouteNode('x', settings=settings).serve('127.0.0.1', 0, server='tornado')
     served = serve(RouteNode('first', settings=settings), 'waitress')
     port = int(served.url.rsplit(':', 1)[1])
-    for kind in ('waitress', 'werkzeug'):
+    for kind in ('gunicorn', 'waitress', 'werkzeug'):
         second = RouteNode('second', settings=settings)
         assert second.serve('127.0.0.1', port, server=kind) == 2  # a start-up error (llnode.startup)
         assert f'port {port} on 127.0.0.1 is in use' in capsys.readouterr().err

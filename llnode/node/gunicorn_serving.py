@@ -1,0 +1,346 @@
+"""``serve(server='gunicorn')``: gunicorn's threaded worker, one worker process, run from Python, WebSocket for
+Socket.IO (simple-websocket takes the connection from ``environ['gunicorn.socket']``).
+
+The calling process becomes gunicorn's master (:class:`NodeArbiter`); it binds the port (a port in use is an
+``OSError`` before anything forks), forks one worker and supervises it. The worker runs the node (the hooks of
+:mod:`llnode.node.gunicorn_hooks` start it after the fork, so its threads, model, outbox and Loop link live
+there and nothing touched CUDA before) and serves with :class:`NodeThreadWorker`: gthread with a pool that
+grows with the connections and shrinks when idle, SIGINT handled like SIGTERM (a warm stop), and a read
+timeout on every connection, so a client that stops sending in the middle of a request frees its thread.
+
+The master differs from gunicorn's own in what a worker's end means: the worker ends when the node ends, so
+the master stops too and returns the worker's exit code (a restart request's code included) instead of forking
+a new worker. SIGINT or SIGTERM stop the worker warmly (exit code 0); a second one kills it (exit code 1), as
+``run()`` does.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from gunicorn import util
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.http.message import Request
+from gunicorn.sock import TCP6Socket, TCPSocket
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from llnode.node import gunicorn_hooks
+from llnode.node.threadpool import ElasticThreadPool
+
+logger = logging.getLogger('llnode.node.http')
+
+#: The exit code ``serve()`` returns after a second signal forced the worker down (as ``run()``).
+FORCED_EXIT_CODE = 1
+
+#: How long a worker thread that just answered on a kept-alive connection waits for that client's next request
+#: before handing the connection back to the poller.
+NEXT_REQUEST_WAIT_S = 0.002
+
+#: Longest wait, in the worker's main loop, for a client to close after a connection's last answer.
+GRACEFUL_CLOSE_S = 0.1
+
+
+class NodeThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker with an elastic, named thread pool, a read timeout per connection, and SIGINT
+    as a warm stop (Ctrl-C reaches the worker too; gunicorn's own worker quits at once on it)."""
+
+    def get_thread_pool(self) -> Any:
+        return ElasticThreadPool(self.cfg.threads, name='llnode-http')
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        signal.signal(signal.SIGINT, self.handle_exit)
+
+    def handle(self, conn: Any) -> Any:
+        """gthread's ``handle``, and the next request of a kept-alive connection in the same thread when it comes
+        within :data:`NEXT_REQUEST_WAIT_S` (a client sending request after request); otherwise the connection
+        goes back to the poller as usual. It saves handing the connection to the main loop and back (a pipe
+        write, two ``epoll_ctl`` and two thread switches per request)."""
+        while True:
+            result = super().handle(conn)
+            if result is not True or not self.alive or not conn.initialized or conn.is_http2:
+                return result
+            if not conn.parser.unreader.buf.getvalue() and not _readable(conn.sock, NEXT_REQUEST_WAIT_S):
+                return result
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        if getattr(conn.sock, 'timed_out', False):
+            return False  # the rest of a hung body would be drained for another timeout first
+        return bool(super()._keepalive_after(conn, keepalive))
+
+    def accept(self, listener: Any) -> None:
+        try:
+            client, address = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        timed = _TimedSocket(client.family, client.type, client.proto, fileno=client.detach())
+        timed.set_read_timeout(getattr(self.app, 'read_timeout_s', None))
+        timed.setblocking(True)
+        self.enqueue_req(_NodeConn(self.cfg, timed, address, listener.getsockname()))
+
+
+#: Prefix under which the worker passes a header named in ``Node.underscore_headers`` to the app
+#: (gunicorn drops headers with ``_``; :func:`underscore_header_app` gives them their hyphenated name).
+_UNDERSCORE_PREFIX = 'X-LLNODE-UNDERSCORE-'
+
+
+class _NodeRequest(Request):
+    underscore_headers: frozenset[str] = frozenset()
+
+    def _apply_header_policy(self, name: str, value: str, *args: Any, **kwargs: Any) -> Any:
+        if '_' in name and name.lower() in self.underscore_headers:
+            name = _UNDERSCORE_PREFIX + name.replace('_', '-')
+        return super()._apply_header_policy(name, value, *args, **kwargs)
+
+
+class _NodeConn(TConn):
+    def close(self, graceful: bool = False) -> None:
+        # gunicorn's graceful close lingers up to 2 s for the peer's FIN, in the worker's main loop: a hung
+        # client would stop every other connection that long. A connection whose read timed out is dropped;
+        # the others linger briefly.
+        if graceful and not getattr(self.sock, 'timed_out', False):
+            util.close_graceful(self.sock, timeout=GRACEFUL_CLOSE_S)
+        else:
+            util.close(self.sock)
+
+    def init(self) -> None:
+        fresh = self.parser is None
+        super().init()
+        if fresh and self.parser is not None and hasattr(self.parser, 'mesg_class'):
+            self.parser.mesg_class = _NodeRequest
+
+
+def underscore_header_app(app: Any, names: Iterable[str]) -> Any:
+    """Set the request class up to pass ``names`` (headers with ``_``) and wrap ``app`` to receive them under
+    their hyphenated name, unless the hyphenated header is there too (as the other servers do)."""
+    allowed = frozenset(name.lower() for name in names)
+    _NodeRequest.underscore_headers = allowed
+    if not allowed:
+        return app
+    keys = [(f'HTTP_{_UNDERSCORE_PREFIX}{name}'.upper().replace('-', '_'), f'HTTP_{name.upper()}') for name in allowed]
+
+    def with_underscore_headers(environ: dict[str, Any], start_response: Any) -> Any:
+        for marked, key in keys:
+            value = environ.pop(marked, None)
+            if value is not None:
+                environ.setdefault(key, value)
+        return app(environ, start_response)
+
+    with_underscore_headers.app = app  # type: ignore[attr-defined]
+    return with_underscore_headers
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+class _TimedSocket(socket.socket):
+    """A connection whose blocking reads give up after ``read_timeout_s`` of silence (the kernel's
+    ``SO_RCVTIMEO``, which survives gthread's switches between non-blocking mode in its poller and blocking mode
+    in a thread, and costs no extra system call per read as a Python-level timeout does)."""
+
+    #: Set once a read timed out: the connection is closed after its answer, never kept alive.
+    timed_out = False
+
+    def set_read_timeout(self, seconds: float | None) -> None:
+        if seconds:
+            whole = int(seconds)
+            self.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack('ll', whole, int((seconds - whole) * 1e6))
+            )
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        try:
+            return super().recv(bufsize, flags)
+        except BlockingIOError:
+            if self.gettimeout() is not None:
+                raise  # non-blocking or a timeout of Python's own: not ours
+            self.timed_out = True
+            raise TimeoutError('the client sent nothing within the read timeout') from None
+        except TimeoutError:
+            self.timed_out = True
+            raise
+
+
+class NodeArbiter(Arbiter):
+    """gunicorn's master for one node worker: the worker's end is the end, with the worker's exit code."""
+
+    def __init__(self, app: Any, listener: socket.socket) -> None:
+        super().__init__(app)
+        self._listener = listener
+        self.stopping = False
+        self.forced = False
+        self.worker_exit_code: int | None = None
+
+    def start(self) -> None:
+        kind = TCP6Socket if self._listener.family == socket.AF_INET6 else TCPSocket
+        address = self._listener.getsockname()[:2]
+        self.LISTENERS = [kind(address, self.cfg, self.log, fd=os.dup(self._listener.fileno()))]
+        self._listener.close()
+        super().start()
+
+    def handle_term(self) -> None:
+        logger.warning('SIGTERM received: warm shutdown (send it again to force)')
+        raise StopIteration
+
+    def handle_int(self) -> None:
+        logger.warning('SIGINT received: warm shutdown (send it again to force)')
+        raise StopIteration  # a warm stop, as SIGTERM (gunicorn's own master quits at once)
+
+    def spawn_worker(self) -> int:
+        master = os.getpid()
+        try:
+            return int(super().spawn_worker())
+        except SystemExit as e:
+            if os.getpid() == master:
+                raise
+            # The worker ends here: it must not unwind into the caller of serve(), which runs in the master.
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def reap_workers(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            worker = self.WORKERS.pop(pid, None)
+            if worker is None:
+                continue
+            worker.tmp.close()
+            code = os.waitstatus_to_exitcode(status)
+            if code < 0:
+                name = signal.Signals(-code).name
+                if not self.forced:
+                    logger.error('the worker (pid %d) was killed by %s', pid, name)
+                code = FORCED_EXIT_CODE
+            if self.worker_exit_code is None:
+                self.worker_exit_code = code
+            if not self.stopping:
+                raise StopIteration  # the node ended: the master ends too (halt() stops and exits)
+
+    def manage_workers(self) -> None:
+        if self.worker_exit_code is None and not self.WORKERS:
+            self.spawn_workers()
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop the worker warmly; a second SIGINT/SIGTERM while waiting kills it (exit code 1)."""
+        self.stopping = True
+        for listener in self.LISTENERS:
+            listener.close()
+        self.LISTENERS = []
+        self.kill_workers(signal.SIGTERM if graceful else signal.SIGQUIT)
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while self.WORKERS and time.monotonic() < deadline:
+            try:
+                sig = self.SIG_QUEUE.get(timeout=0.05)
+            except queue.Empty:
+                sig = None
+            if sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT) and not self.forced:
+                logger.warning('%s received again: forcing shutdown', signal.Signals(sig).name)
+                self.forced = True
+                self.kill_workers(signal.SIGKILL)
+            self.reap_workers()
+        if self.WORKERS:
+            logger.warning('the worker did not stop within %d s; killing it', self.cfg.graceful_timeout)
+            self.kill_workers(signal.SIGKILL)
+            deadline = time.monotonic() + 5.0
+            while self.WORKERS and time.monotonic() < deadline:
+                time.sleep(0.05)
+                self.reap_workers()
+
+    def request_stop(self) -> None:
+        """Stop as on SIGTERM; safe from any thread of the master."""
+        self.SIG_QUEUE.put_nowait(signal.SIGTERM)
+
+
+class NodeApplication(BaseApplication):
+    """gunicorn configured from Python for one node: no config files, no command line."""
+
+    def __init__(
+        self, app: Any, listener: socket.socket, *, threads: int, graceful_timeout: float, read_timeout_s: float
+    ) -> None:
+        self._app = app
+        #: Longest wait for the next bytes of a request (the worker reads it).
+        self.read_timeout_s = read_timeout_s
+        self._listener = listener
+        self._threads = threads
+        self._graceful_timeout = graceful_timeout
+        self.arbiter: NodeArbiter | None = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        host, port = self._listener.getsockname()[:2]
+        settings: dict[str, Any] = {
+            'bind': [f'[{host}]:{port}' if ':' in host else f'{host}:{port}'],
+            'workers': 1,
+            'worker_class': 'llnode.node.gunicorn_serving.NodeThreadWorker',
+            'threads': self._threads,
+            'worker_connections': max(1000, 4 * self._threads),
+            'graceful_timeout': int(self._graceful_timeout),
+            'timeout': 60,
+            'keepalive': 5,
+            'max_requests': 0,
+            'preload_app': False,
+            'control_socket_disable': True,
+            'loglevel': 'warning',
+            'proc_name': 'llnode',
+            'post_fork': gunicorn_hooks.post_fork,
+            'post_worker_init': gunicorn_hooks.post_worker_init,
+            'worker_exit': gunicorn_hooks.worker_exit,
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self._app
+
+    def request_stop(self) -> None:
+        """Stop serving as on SIGTERM (the worker stops its node warmly); safe from any thread of the master."""
+        arbiter = self.arbiter
+        if arbiter is not None:
+            arbiter.request_stop()
+
+    def run(self) -> int:
+        """Serve until the worker ends; the worker's exit code (1 when a second signal forced it)."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "server='gunicorn' forks a worker and handles signals: call serve() from the main thread, "
+                "or use server='waitress'"
+            )
+        self.arbiter = arbiter = NodeArbiter(self, self._listener)
+        handled = [*arbiter.SIGNALS, signal.SIGCHLD]
+        previous = {signum: signal.getsignal(signum) for signum in handled}
+        try:
+            arbiter.run()
+        except SystemExit:
+            pass
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if arbiter.forced:
+            return FORCED_EXIT_CODE
+        return arbiter.worker_exit_code if arbiter.worker_exit_code is not None else 0

@@ -1,0 +1,142 @@
+"""gunicorn as llnode runs it (``serve(server='gunicorn')``) and as a user's own command line runs it with
+``llnode.node.gunicorn_hooks``: WebSocket for Socket.IO, the node in the worker, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from llnode.config import Settings
+from llnode.node import Node
+from llnode.node.admission import ServingLimits
+from tests.detector.node_helpers import jpeg_bytes, raw_dict
+from tests.node.served_process import REPO, ServedProcess
+from tests.polling import wait_for
+from tests.sio_client import SioClient
+
+
+def test_socketio_runs_over_websocket_and_a_stop_closes_the_clients(tmp_path: Path) -> None:
+    node = ServedProcess('gunicorn', tmp_path / 'data')
+    client = SioClient()
+    try:
+        opened = requests.get(f'{node.url}/ws/socket.io/', params={'EIO': '4', 'transport': 'polling'}, timeout=5)
+        assert '"upgrades":["websocket"]' in opened.text.replace(' ', '')
+        client.connect(node.url, socketio_path='/ws/socket.io', wait_timeout=5)  # polling first, as robots do
+        wait_for(lambda: client.transport() == 'websocket', what='the upgrade to WebSocket')
+        frame = np.zeros((480, 640, 3), dtype=np.uint8)
+        answer = client.call('detect', {'image': raw_dict(frame), 'autoupload': 'disabled'}, timeout=5)
+        assert answer['box_detections'] == []
+        assert node.proc.pid != node.serving_pid  # the node runs in the forked worker
+        started = time.monotonic()
+        assert node.stop() == 0, node.output
+        assert time.monotonic() - started < 5  # the open WebSocket did not hold the worker's graceful stop
+        wait_for(lambda: not client.connected, what='the client to see the end')
+        assert 'test detector: stopped' in node.output
+    finally:
+        node.kill()
+        client.disconnect()
+
+
+def test_headers_with_underscores_reach_the_node_as_on_the_other_servers(tmp_path: Path) -> None:
+    node = ServedProcess('gunicorn', tmp_path / 'data')
+    try:
+
+        def created(headers: dict[str, str]) -> str:
+            response = requests.post(
+                f'{node.url}/detect', files={'file': ('a.jpg', jpeg_bytes(), 'image/jpeg')}, headers=headers, timeout=5
+            )
+            assert response.status_code == 200, response.text
+            return str(response.json()['created'])
+
+        assert created({'creation_date': '2024-01-01T00:00:00'}) == '2024-01-01T00:00:00'
+        assert created({'creation_date': 'under', 'creation-date': '2024-02-02T00:00:00'}) == '2024-02-02T00:00:00'
+        assert created({'x_other': '1'})  # an underscore header nobody asked for is dropped without harm
+    finally:
+        assert node.stop() == 0
+
+
+def test_a_users_own_gunicorn_command_line_runs_the_node_with_the_hooks(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            '-m',
+            'gunicorn',
+            '-c',
+            'python:llnode.node.gunicorn_hooks',
+            '--bind',
+            '127.0.0.1:0',
+            '--log-level',
+            'info',
+            '--no-control-socket',
+            'tests.node.gunicorn_app:app',
+        ],
+        cwd=REPO,
+        env={**os.environ, 'TEST_DATA_FOLDER': str(tmp_path / 'data')},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        lines.extend(line.rstrip('\n') for line in proc.stdout)
+
+    reader = threading.Thread(target=read, name='test-gunicorn-reader', daemon=True)
+    reader.start()
+    try:
+        line = wait_for(lambda: next((x for x in list(lines) if 'Listening at: ' in x), None), 20, 'gunicorn')
+        url = line.split('Listening at: ', 1)[1].split()[0]
+        wait_for(lambda: _ready(url), 20, 'the node to be ready')
+        client = SioClient()
+        client.connect(url, socketio_path='/ws/socket.io', wait_timeout=5)
+        try:
+            wait_for(lambda: client.transport() == 'websocket', what='WebSocket')
+            assert client.call('get_outbox_mode', timeout=5) == {'outbox_mode': 'continuous_upload'}
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0, '\n'.join(lines)
+        finally:
+            client.disconnect()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        reader.join(5)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(f'{url}/readyz', timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.mark.parametrize('server', ['gunicorn', 'waitress'])
+def test_serve_refuses_bad_threads_and_limits_before_anything_starts(settings: Settings, server: str) -> None:
+    node = Node('x', settings=settings)
+    with pytest.raises(ValueError, match='threads must be a positive integer'):
+        node.serve('127.0.0.1', 0, server=server, threads=0)
+    with pytest.raises(TypeError, match='limits must be a ServingLimits'):
+        node.serve('127.0.0.1', 0, server=server, limits={'max_sessions': 3})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match='max_sessions must be a positive integer'):
+        ServingLimits(max_sessions=0)
+    with pytest.raises(ValueError, match='read_timeout_s'):
+        ServingLimits(read_timeout_s=-1)
+    assert not node.running and node.server_address is None
+
+
+def test_limits_left_open_leave_threads_for_the_rest_api() -> None:
+    assert ServingLimits().for_threads(32, websocket=False).max_long_polls == 24
+    both = ServingLimits().for_threads(256, websocket=True)
+    assert (both.max_long_polls, both.max_websockets) == (124, 124)
+    assert ServingLimits().for_threads(4, websocket=False).max_long_polls == 3
+    assert ServingLimits(max_long_polls=7).for_threads(32).max_long_polls == 7
