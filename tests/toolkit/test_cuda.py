@@ -1,5 +1,5 @@
 """``llnode.trainer.cuda`` on a machine without a GPU: the documented fallbacks, the trial bookkeeping, and that
-importing it loads no torch (the GPU paths run in ``bench/toolkit_gpu.py`` on a GPU machine)."""
+importing it loads no torch (the GPU paths run in ``bench/gpu_check.py`` on a GPU machine)."""
 
 from __future__ import annotations
 
