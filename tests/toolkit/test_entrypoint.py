@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,16 @@ from llnode.helpers import node_parser
 from llnode.localloop import LocalLoop
 from llnode.node.serving import SERVERS
 from tests.samples import REPO, sample_env, sample_process
+
+
+@pytest.fixture(autouse=True)
+def environment_restored() -> Iterator[None]:
+    """node_parser copies values into os.environ itself, as the reference does; monkeypatch restores only what it
+    changed, and a CONF_THRESHOLD left behind changed the YOLO-style detector's threshold in later tests."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def parser_with_options():  # type: ignore[no-untyped-def]
@@ -82,7 +93,6 @@ def test_legacy_prefixed_variables_are_adopted(
     assert (args.host, args.conf_threshold) == ('10.0.0.5', 0.7)
     assert os.environ['NODE_HOST'] == '10.0.0.5'  # copied into the environment, as the reference does
     assert 'MY_DETECTOR_HOST is deprecated' in caplog.text
-    monkeypatch.delenv('NODE_HOST')
 
 
 def _listening_addresses(port: int) -> set[str]:
