@@ -181,6 +181,10 @@ class TrainingMachine:
     # ------------------------------------------------------------------ public API
 
     def start(self) -> None:
+        # made again here: a Thread made before a fork (gunicorn builds the node in its master) is marked stopped
+        # in the child by CPython, so its is_alive() and join() would lie there (started already: start() raises)
+        if self._thread.ident is None:
+            self._thread = threading.Thread(target=self._loop, name=self._thread.name, daemon=True)
         self._thread.start()
 
     @property

@@ -114,7 +114,8 @@ def test_the_sample_script_converts_a_model_and_reports_to_the_loop(local_loop: 
             what='the converter status',
         )
         assert record['status']['name'] == 'torchscript converter'
-        assert requests.get(f'{process.url}/readyz', timeout=5).status_code == 200
+        ready = requests.get(f'{process.url}/readyz', timeout=5)
+        assert ready.status_code == 200, ready.text
         probe = torch.rand(1, 3, 16, 16)
         with torch.no_grad():
             assert torch.allclose(download_scripted(local_loop, model_id)(probe), module(probe), atol=1e-6)

@@ -3,6 +3,7 @@ and the Loop socket link of trainer-like nodes (a fake link injected through the
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -267,3 +268,22 @@ def test_loop_restart_event_ends_run_with_code_0(settings: Settings, link_factor
 def test_nodes_without_a_loop_socket_refuse_loop_handlers(settings: Settings) -> None:
     with pytest.raises(RuntimeError, match='no Loop socket'):
         Node('detector-like', settings=settings).handle_loop_event('x', lambda: None)
+
+
+def test_a_repeat_thread_made_before_a_fork_runs_and_joins_in_the_child() -> None:
+    """gunicorn builds a node in its master and starts it in the forked worker: CPython marks every Thread made
+    before a fork as stopped in the child, so is_alive() and join() of such a thread lied there (the converter's
+    /readyz said its worker was not running while it converted)."""
+    cycled = threading.Event()
+    repeat = RepeatThread(cycled.set, interval=0.01, name='test-repeat-fork')
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            repeat.start()
+            alive = repeat._thread.is_alive() and cycled.wait(5)
+            code = 0 if alive and repeat.stop(5) else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
