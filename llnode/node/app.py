@@ -10,12 +10,10 @@ the traceback in the log.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
 import logging
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -23,7 +21,6 @@ from concurrent.futures import wait as futures_wait
 from typing import IO, TYPE_CHECKING, Any
 
 import engineio
-import simple_websocket
 import socketio
 from flask import Blueprint, Flask, Request, Response, request
 from flask.json.provider import DefaultJSONProvider
@@ -36,6 +33,7 @@ from llnode.node.errors import BadRequest, NodeHTTPError
 from llnode.node.metrics import UNMATCHED_ROUTE
 from llnode.node.multipart import InMemoryFormDataParser
 from llnode.node.threadpool import ElasticThreadPool
+from llnode.node.websocket_connection import WEBSOCKET_RECEIVE_BYTES, closing_websocket_driver
 from llnode.polling_limit import raise_polling_packet_limit
 
 if TYPE_CHECKING:
@@ -56,70 +54,12 @@ SOCKETIO_MAX_BUFFER = 64 * 1024 * 1024
 TASK_THREADS_MAX = 10_000
 _IDLE_TASK_THREAD = 'llnode-node-sio-idle'
 
-#: Bytes simple-websocket reads from the socket at a time between messages; its default of 4 KiB costs ~230
-#: reads (and wsproto rounds) per 640x480x3 raw image, measured at 3 ms of a detect call's 8 ms.
-WEBSOCKET_RECEIVE_BYTES = 64 * 1024
-
-#: Bytes read at a time while a message is arriving: a raw image's rest in one to three reads instead of about
-#: fifteen, each a wsproto round and an unmasking call (measured: ~0.15 ms less per raw 640x480x3 ``detect``).
-#: Between messages the reads stay small: a blocked read holds its whole buffer, for every idle WebSocket.
-WEBSOCKET_MESSAGE_RECEIVE_BYTES = 1024 * 1024
-
-
-class _MessageSizedServer(simple_websocket.Server):
-    """simple-websocket's server connection that reads :data:`WEBSOCKET_MESSAGE_RECEIVE_BYTES` at a time while
-    a message is partly received, and its ``receive_bytes`` otherwise (its reader asks before every read)."""
-
-    @property
-    def receive_bytes(self) -> int:
-        if getattr(self, 'incoming_message', None) is not None:
-            return WEBSOCKET_MESSAGE_RECEIVE_BYTES
-        return self._idle_receive_bytes
-
-    @receive_bytes.setter
-    def receive_bytes(self, value: int) -> None:
-        self._idle_receive_bytes = value
-
-
-def _closing_websocket_driver(driver: type) -> type:
-    """engine.io's WebSocket driver whose connection reads a message in large parts (:class:`_MessageSizedServer`)
-    and whose ``close()`` also shuts the connection down.
-
-    simple-websocket reads a WebSocket in a thread of its own. When engine.io ends a session (a client that
-    vanished gives no pong within the ping timeout) it sends the close frame, but the reader stays in ``recv()``
-    on the silent connection, and the server thread of the request waits for that reader: both were held until
-    the read timeout, or for ever without one. Shutting the socket down makes the ``recv()`` return at once.
-    """
-
-    class ClosingWebSocket(driver):
-        def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-            # engine.io's driver makes its connection with simple_websocket.Server; this one makes ours, then
-            # ends the request as the driver does for the server at hand.
-            self.ws = _MessageSizedServer(environ, **self.server_args)
-            answer = self.app(self)
-            if self.ws.mode == 'gunicorn':
-                raise StopIteration()
-            if self.ws.mode == 'werkzeug':
-                raise ConnectionError()
-            return answer
-
-        def close(self) -> None:
-            try:
-                super().close()
-            finally:
-                sock = getattr(getattr(self, 'ws', None), 'sock', None)
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-
-    return ClosingWebSocket
-
 
 class _EngineIOServer(engineio.Server):
     """engineio's threading server whose threads carry a name, so a leaked or stuck one is attributable, whose
-    ``sleep`` (a ping thread per client waits the ping interval with it) ends at ``shutdown()``, whose
-    WebSocket reads take 64 KiB at a time (1 MiB within a message), and whose WebSockets end their reader thread
-    when they close."""
+    ``sleep`` (a ping thread per client waits the ping interval with it) ends at ``shutdown()``, and whose
+    WebSockets read in large parts and end their reader thread when they close
+    (:mod:`llnode.node.websocket_connection`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._shutting_down = threading.Event()
@@ -128,7 +68,7 @@ class _EngineIOServer(engineio.Server):
         drivers: dict[str, Any] = dict(self._async)  # type: ignore[has-type]
         if drivers.get('websocket') is not None:
             drivers['websocket'] = functools.partial(
-                _closing_websocket_driver(drivers['websocket']), receive_bytes=WEBSOCKET_RECEIVE_BYTES
+                closing_websocket_driver(drivers['websocket']), receive_bytes=WEBSOCKET_RECEIVE_BYTES
             )
         self._async = drivers
 
