@@ -10,12 +10,10 @@ the traceback in the log.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
 import logging
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -35,6 +33,7 @@ from llnode.node.errors import BadRequest, NodeHTTPError
 from llnode.node.metrics import UNMATCHED_ROUTE
 from llnode.node.multipart import InMemoryFormDataParser
 from llnode.node.threadpool import ElasticThreadPool
+from llnode.node.websocket_connection import WEBSOCKET_RECEIVE_BYTES, closing_websocket_driver
 from llnode.polling_limit import raise_polling_packet_limit
 
 if TYPE_CHECKING:
@@ -55,37 +54,12 @@ SOCKETIO_MAX_BUFFER = 64 * 1024 * 1024
 TASK_THREADS_MAX = 10_000
 _IDLE_TASK_THREAD = 'llnode-node-sio-idle'
 
-#: Bytes simple-websocket reads from the socket at a time; its default of 4 KiB costs ~230 reads (and wsproto
-#: rounds) per 640x480x3 raw image, measured at 3 ms of a detect call's 8 ms.
-WEBSOCKET_RECEIVE_BYTES = 64 * 1024
-
-
-def _closing_websocket_driver(driver: type) -> type:
-    """engine.io's WebSocket driver whose ``close()`` also shuts the connection down.
-
-    simple-websocket reads a WebSocket in a thread of its own. When engine.io ends a session (a client that
-    vanished gives no pong within the ping timeout) it sends the close frame, but the reader stays in ``recv()``
-    on the silent connection, and the server thread of the request waits for that reader: both were held until
-    the read timeout, or for ever without one. Shutting the socket down makes the ``recv()`` return at once.
-    """
-
-    class ClosingWebSocket(driver):
-        def close(self) -> None:
-            try:
-                super().close()
-            finally:
-                sock = getattr(getattr(self, 'ws', None), 'sock', None)
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-
-    return ClosingWebSocket
-
 
 class _EngineIOServer(engineio.Server):
     """engineio's threading server whose threads carry a name, so a leaked or stuck one is attributable, whose
-    ``sleep`` (a ping thread per client waits the ping interval with it) ends at ``shutdown()``, whose
-    WebSocket reads take 64 KiB at a time, and whose WebSockets end their reader thread when they close."""
+    ``sleep`` (a ping thread per client waits the ping interval with it) ends at ``shutdown()``, and whose
+    WebSockets read in large parts and end their reader thread when they close
+    (:mod:`llnode.node.websocket_connection`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._shutting_down = threading.Event()
@@ -94,7 +68,7 @@ class _EngineIOServer(engineio.Server):
         drivers: dict[str, Any] = dict(self._async)  # type: ignore[has-type]
         if drivers.get('websocket') is not None:
             drivers['websocket'] = functools.partial(
-                _closing_websocket_driver(drivers['websocket']), receive_bytes=WEBSOCKET_RECEIVE_BYTES
+                closing_websocket_driver(drivers['websocket']), receive_bytes=WEBSOCKET_RECEIVE_BYTES
             )
         self._async = drivers
 
