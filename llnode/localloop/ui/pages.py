@@ -18,30 +18,14 @@ from llnode.localloop.ui.metrics import training_points
 from llnode.localloop.ui.security import LOGIN_CSRF_COOKIE, login_csrf_ok, new_login_token, safe_next
 from llnode.localloop.ui.svg import shapes_svg
 from llnode.localloop.ui.thumbs import thumbnail
+from llnode.schema import TrainerState
 
 PROJECT = '/projects/<organization>/<project>'
 PER_PAGE = 60
 MAX_PER_PAGE = 1000
-#: trainer states of a training under way (loop-protocol §7.5.3)
-LIVE_STATES = frozenset(
-    [
-        'initialized',
-        'data_downloading',
-        'data_downloaded',
-        'train_model_downloading',
-        'train_model_downloaded',
-        'running',
-        'training_finished',
-        'confusion_matrix_syncing',
-        'confusion_matrix_synced',
-        'train_model_uploading',
-        'train_model_uploaded',
-        'detecting',
-        'detected',
-        'detection_uploading',
-        'ready_for_cleanup',
-    ]
-)
+#: trainer states of a training under way (loop-protocol §7.5.3): from ``initialized`` to ``ready_for_cleanup``
+_PIPELINE = [state.value for state in TrainerState]
+LIVE_STATES = frozenset(_PIPELINE[_PIPELINE.index(TrainerState.INITIALIZED.value) :])
 _COLOR = re.compile(r'^#[0-9a-fA-F]{3,8}$')
 DEFAULT_COLOR = '#00BCD4'
 
