@@ -272,11 +272,14 @@ def _json_argument(text: str | None, what: str) -> Any:
     if text is None:
         return None
     if text.startswith('@'):
-        text = Path(text[1:]).read_text()
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as e:
+            raise ConfigError(f'cannot read {what} from {text[1:]}: {e.strerror or e}') from None
     try:
         return json.loads(text)
     except ValueError as e:
-        raise SystemExit(f'llnode control: {what} is not valid JSON: {e}') from None
+        raise ConfigError(f'{what} is not valid JSON: {e}') from None
 
 
 def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
@@ -357,7 +360,7 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
     if c == 'handle-user-input':
         user_input = _json_argument(args.user_input, 'the user input')
         if not isinstance(user_input, dict):
-            raise SystemExit('llnode control: the user input must be a JSON object {"frontend_id", "data"}')
+            raise ConfigError('the user input must be a JSON object {"frontend_id": ..., "data": {...}}')
         body = {**user_input} if args.ack_timeout is None else {**user_input, 'timeout': args.ack_timeout}
         return 'POST', f'/control/nodes/{args.node}/handle_user_input', body
     if c == 'user-logout':
@@ -385,9 +388,9 @@ def control_main(argv: list[str]) -> int:
     args = control_parser().parse_args(argv)
     try:
         user = args.user or _user_from_env()
+        method, path, body = _request(args)
     except ConfigError as e:
         return report(e, 'llnode control')
-    method, path, body = _request(args)
     url = args.url.rstrip('/')
     try:
         with requests.Session() as session:

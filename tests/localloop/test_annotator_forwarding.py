@@ -96,5 +96,12 @@ def test_llnode_control_forwards_user_input_and_logout(
     assert control_main([*common, 'user-logout', node.uuid, 'shell', '--ack-timeout', '10']) == 0
     assert json.loads(capsys.readouterr().out)['ack']['success'] is True
     assert logic.logged_out == ['shell']
-    with pytest.raises(SystemExit, match='must be a JSON object'):
-        control_main([*common, 'handle-user-input', node.uuid, '[1, 2]'])
+    # mistakes are one line on stderr and exit code 2, as every llnode command's start-up errors
+    for argument, message in [
+        ('[1, 2]', 'must be a JSON object'),
+        ('{nope', 'is not valid JSON'),
+        (f'@{tmp_path / "missing.json"}', 'cannot read'),
+    ]:
+        assert control_main([*common, 'handle-user-input', node.uuid, argument]) == 2
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and err.startswith('llnode control: ') and message in err, err
