@@ -311,7 +311,7 @@ def images(organization: str, project: str) -> Any:
         page=page,
         pages=pages,
         per_page=per_page,
-        filters={k: v for k, v in filters.items()},
+        filters=filters,
         tags=store.image_tags(organization, project),
         model=model,
         tab='images',
