@@ -5,14 +5,18 @@ process (``llnode loop --demo``, model 1.1 in format ``mocked``), as in ``bench/
 
 - ``socketio_websocket``: Socket.IO ``detect`` of a raw 640x480x3 frame over WebSocket, one client, on llnode's
   gunicorn and werkzeug and on the reference 0.27.0 served by uvicorn (its users' way) with a constant logic;
-  target: gunicorn's p50 at most 0.75x the reference's.
+  target: gunicorn's p50 at most 0.75x the reference's. Measured with two clients, each in its own figures:
+  python-socketio's threaded ``Client`` (websocket-client, which masks a frame in pure Python: about 1.3 ms of
+  each call, the same for every server), and ``socketio_websocket_rosys_client``: the client a robot runs, rosys's
+  ``socketio.AsyncClient`` over aiohttp (C masking, ``max_msg_size`` 64 MiB), in a process of the reference's
+  virtualenv, which has it.
 - ``rest``: ``POST /detect`` of a 640x480 JPEG, sequential p50/p99 and 8 clients' throughput, gunicorn against
   waitress; target: gunicorn no worse.
 - ``starvation`` per server: REST p50/p99 idle, then while 200 Socket.IO clients are connected and idle (polling
   first, then WebSocket where offered, as robots connect), while 50 uploads hang half-way, and right after 100
   clients vanished (their process stopped with SIGSTOP: no close, no FIN, as a robot that drives out of range);
   the serving process's threads before, during and after, and how long after the vanishing they took to come
-  back (target: engine.io's ping timeout + 10 s). Target: p99 during at most 2x idle.
+  back (target: the node's engine.io ping timeout + 10 s). Target: p99 during at most 2x idle.
 - ``starvation_raised_limits``: the same with the Socket.IO limits raised to ``--raised-sessions`` (220), so
   that all 200 clients are connected (the defaults, sized for a robot, refuse about half of them).
 - ``idle_rss``: the mock detector 3 s after its last request: gunicorn's worker and master beside waitress, as RSS
@@ -67,6 +71,8 @@ from detect import (  # bench/detect.py: benchmarks run as scripts from bench/
 )
 from machine import machine
 
+from llnode.node.admission import ServingLimits
+
 REFERENCE_VENV = Path('/tmp/llnode-bench-ref')
 #: how the bench tells its mock detector to raise the Socket.IO limits (``--raised-sessions``)
 SESSIONS_VARIABLE = 'LLNODE_BENCH_SESSIONS'
@@ -74,8 +80,10 @@ REFERENCE_PACKAGES = ('learning-loop-node==0.27.0', 'uvicorn')
 
 TARGET_WEBSOCKET_RATIO = 0.75
 TARGET_STARVED_P99_RATIO = 2.0
-#: engine.io's defaults (python-engineio's server, as the node uses them)
-PING_INTERVAL_S, PING_TIMEOUT_S = 25.0, 20.0
+#: the node's engine.io heartbeat (llnode.node.admission.ServingLimits' defaults)
+PING_INTERVAL_S, PING_TIMEOUT_S = ServingLimits.ping_interval_s, ServingLimits.ping_timeout_s
+#: the issue's bound on the threads' return after clients vanished, past the ping timeout
+THREADS_BACK_SLACK_S = 10.0
 
 #: The reference's detector with a constant logic (format ``mocked``, as llnode's mock), served by uvicorn.
 REFERENCE_APP = """
@@ -115,6 +123,52 @@ class ConstantFactory:
 
 node = DetectorNode('reference mock', ConstantFactory())
 uvicorn.run(node, host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')
+"""
+
+
+#: rosys's Socket.IO client (``socketio.AsyncClient`` over aiohttp, as rosys/vision/detector_hardware.py connects
+#: it), run by the reference virtualenv's Python: ``ROSYS_CLIENT URLS_JSON FRAME_NPY CALLS WARM_UP``; ``detect``
+#: calls to each URL in alternating blocks of 25, one JSON line of p50/p99/mean per URL. Its own process, so the
+#: bench's llnode code stays free of asyncio.
+ROSYS_CLIENT = """
+import asyncio, json, sys, time
+import numpy as np
+import socketio
+
+async def main(urls, frame, calls, warm_up):
+    payload = {'image': {'bytes': frame.tobytes(), 'dtype': str(frame.dtype), 'shape': list(frame.shape)},
+               'autoupload': 'disabled'}
+    clients = {}
+    for name, url in urls.items():
+        client = socketio.AsyncClient(reconnection=False, websocket_extra_options={'max_msg_size': 64 * 2**20 + 1000})
+        await client.connect(url.replace('http://', 'ws://'), socketio_path='/ws/socket.io', wait_timeout=3)
+        for _ in range(100):
+            if client.transport() == 'websocket':
+                break
+            await asyncio.sleep(0.05)
+        if client.transport() != 'websocket':
+            raise SystemExit(f'{name}: the rosys client stayed on {client.transport()}')
+        clients[name] = client
+    async def call(client):
+        started = time.perf_counter()
+        answer = await client.call('detect', payload, timeout=5)
+        elapsed = time.perf_counter() - started
+        if not isinstance(answer, dict) or len(answer.get('box_detections') or []) != 1:
+            raise SystemExit(f'unexpected Socket.IO detect answer: {answer}')
+        return elapsed
+    for client in clients.values():
+        for _ in range(warm_up):
+            await call(client)
+    times = {name: [] for name in clients}
+    while any(len(done) < calls for done in times.values()):
+        for name, client in clients.items():
+            for _ in range(min(25, calls - len(times[name]))):
+                times[name].append(await call(client))
+    for client in clients.values():
+        await client.disconnect()
+    print(json.dumps(times))
+
+asyncio.run(main(json.loads(sys.argv[1]), np.load(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
 """
 
 
@@ -217,6 +271,26 @@ def websocket_figures(urls: dict[str, str], frame: np.ndarray, *, warm_up: int, 
     finally:
         for link in links.values():
             link.close()
+
+
+def rosys_client_figures(
+    venv: Path, urls: dict[str, str], frame: np.ndarray, *, warm_up: int, calls: int
+) -> dict[str, Any]:
+    """``detect`` latency with rosys's client (:data:`ROSYS_CLIENT`), the contenders in alternating blocks."""
+    with tempfile.TemporaryDirectory(prefix='llnode-bench-rosys-') as tmp:
+        path = Path(tmp) / 'frame.npy'
+        np.save(path, frame)
+        done = subprocess.run(
+            [str(venv / 'bin' / 'python'), '-c', ROSYS_CLIENT, json.dumps(urls), str(path), str(calls), str(warm_up)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise SystemExit(f'the rosys client failed ({done.returncode}):\n{done.stderr[-2000:]}')
+    times: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return {name: {'calls': len(seconds), **latency_figures(seconds)} for name, seconds in times.items()}
 
 
 def rest_figures(urls: dict[str, str], jpeg: bytes, *, calls: int, clients: int, rounds: int = 2) -> dict[str, Any]:
@@ -457,7 +531,15 @@ def main(argv: list[str] | None = None) -> int:
     calls, warm_up = (50, 10) if args.quick else (200, 20)
     jpeg = camera_like_jpeg()
     frame = decoded(jpeg)
-    result: dict[str, Any] = {'benchmark': 'serving', 'quick': args.quick}
+    result: dict[str, Any] = {
+        'benchmark': 'serving',
+        'quick': args.quick,
+        'engineio_ping': {
+            'interval_s': PING_INTERVAL_S,
+            'timeout_s': PING_TIMEOUT_S,
+            'threads_back_target_s': PING_TIMEOUT_S + THREADS_BACK_SLACK_S,
+        },
+    }
 
     with tempfile.TemporaryDirectory(prefix='llnode-bench-serving-') as tmp, local_loop(Path(tmp)) as loop_host:
         folder = Path(tmp)
@@ -472,14 +554,22 @@ def main(argv: list[str] | None = None) -> int:
                 urls[server], processes[server] = stack.enter_context(llnode_detector(loop_host, server, folder))
             websocket_urls = {name: url for name, url in urls.items() if name != 'waitress'}
             websocket = websocket_figures(websocket_urls, frame, warm_up=warm_up, calls=calls)
+            websocket['client'] = 'python-socketio Client (threads, websocket-client)'
+            rosys: dict[str, Any] = {'client': 'python-socketio AsyncClient (aiohttp), as rosys connects it'}
             if not has_reference:
                 websocket['reference_uvicorn'] = {'skipped': f'no virtualenv at {args.reference_venv}'}
+                rosys['skipped'] = f'it runs from the reference virtualenv, and there is none at {args.reference_venv}'
             else:
                 ratio = websocket['gunicorn']['p50_ms'] / websocket['reference_uvicorn']['p50_ms']
                 websocket['gunicorn_over_reference_p50'] = round(ratio, 2)
+                rosys.update(
+                    rosys_client_figures(args.reference_venv, websocket_urls, frame, warm_up=warm_up, calls=calls)
+                )
+                ratio = rosys['gunicorn']['p50_ms'] / rosys['reference_uvicorn']['p50_ms']
+                rosys['gunicorn_over_reference_p50'] = round(ratio, 2)
             rest = rest_figures({name: urls[name] for name in ('gunicorn', 'waitress')}, jpeg, calls=calls, clients=8)
             rss = {server: idle_rss(processes[server], server) for server in ('gunicorn', 'waitress')}
-        result.update(socketio_websocket=websocket, rest=rest, idle_rss=rss)
+        result.update(socketio_websocket=websocket, socketio_websocket_rosys_client=rosys, rest=rest, idle_rss=rss)
         # Starvation: one server at a time.
         if not args.skip_starvation:
             for key, sessions in (('starvation', 0), ('starvation_raised_limits', args.raised_sessions)):
@@ -500,8 +590,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def targets_met(result: dict[str, Any]) -> dict[str, Any]:
     met: dict[str, Any] = {}
-    ratio = result['socketio_websocket'].get('gunicorn_over_reference_p50')
-    met['websocket_p50_vs_reference'] = None if ratio is None else ratio <= TARGET_WEBSOCKET_RATIO
+    for key, name in (
+        ('socketio_websocket', 'websocket'),
+        ('socketio_websocket_rosys_client', 'websocket_rosys_client'),
+    ):
+        ratio = result[key].get('gunicorn_over_reference_p50')
+        met[f'{name}_p50_vs_reference'] = None if ratio is None else ratio <= TARGET_WEBSOCKET_RATIO
     gunicorn, waitress = result['rest']['gunicorn'], result['rest']['waitress']
     met['rest_p50_no_worse_than_waitress'] = gunicorn['sequential']['p50_ms'] <= waitress['sequential']['p50_ms']
     met['rest_8_clients_no_worse_than_waitress'] = (
@@ -515,7 +609,7 @@ def targets_met(result: dict[str, Any]) -> dict[str, Any]:
             met[f'{key}_{server}_p99_within_2x'] = ratio is not None and ratio <= TARGET_STARVED_P99_RATIO
             vanished = next(v for k, v in figures.items() if k.endswith('_vanished_clients'))
             back = vanished['threads_back_to_idle_after_s']
-            met[f'{key}_{server}_threads_back'] = back is not None and back <= PING_INTERVAL_S + PING_TIMEOUT_S + 10
+            met[f'{key}_{server}_threads_back'] = back is not None and back <= PING_TIMEOUT_S + THREADS_BACK_SLACK_S
     return met
 
 

@@ -1,7 +1,7 @@
 """Admission for Socket.IO: bounded sessions, long-polls and WebSockets, so idle or vanished clients never take
 the threads that serve the REST API.
 
-Every waiting long-poll holds a server thread for up to the ping interval (25 s), and every WebSocket holds one
+Every waiting long-poll holds a server thread for up to the ping interval (5 s), and every WebSocket holds one
 for its whole life (gunicorn's and werkzeug's threaded servers). Without bounds a few dozen idle clients take
 every thread of a fixed pool (waitress, gunicorn) and ``/detect`` waits behind them. :class:`SocketIOAdmission`
 wraps the node's WSGI app and counts what is in flight; past a limit the next connection gets ``503`` with
@@ -18,7 +18,7 @@ import logging
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 logger = logging.getLogger('llnode.node.http')
@@ -39,15 +39,23 @@ class ServingLimits:
     ``retry_after_s``: the ``Retry-After`` a refusal carries.
     ``read_timeout_s``: longest wait for the next bytes of a request (headers or body) before the connection is
     closed, so a hung upload frees its thread (gunicorn and werkzeug; waitress reads bodies in its own loop and
-    closes a silent connection after it). An idle WebSocket answers engine.io's ping every 25 s, so it never
-    times out; the default, engine.io's ping interval plus ping timeout, is when engine.io gives a client up.
+    closes a silent connection after it). A connected client answers engine.io's ping every ``ping_interval_s``,
+    so an idle WebSocket never times out; the default is when engine.io gives a silent client up.
+    ``ping_interval_s``, ``ping_timeout_s``: engine.io's heartbeat, told to every client in its handshake. The
+    server pings each client ``ping_interval_s`` after its last pong and gives the client up when no pong came
+    within ``ping_timeout_s``, so a client that vanished without closing (a robot out of WiFi range, a killed
+    process behind a live TCP connection) holds its session and threads at most ``ping_interval_s +
+    ping_timeout_s`` plus a second. python-engineio's own defaults (25 s and 20 s) held them 45 s or more; a
+    5-s ping costs a few bytes per client (a 1-byte frame each way) and, on long-polling, one poll per interval.
     """
 
     max_sessions: int = 100
     max_long_polls: int | None = None
     max_websockets: int | None = None
     retry_after_s: int = 5
-    read_timeout_s: float = 45.0
+    read_timeout_s: float = 25.0
+    ping_interval_s: float = 5.0
+    ping_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         for name in ('max_sessions', 'max_long_polls', 'max_websockets', 'retry_after_s'):
@@ -56,8 +64,10 @@ class ServingLimits:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be a positive integer, got {value!r}')
-        if not isinstance(self.read_timeout_s, (int, float)) or self.read_timeout_s <= 0:
-            raise ValueError(f'read_timeout_s must be a positive number of seconds, got {self.read_timeout_s!r}')
+        for name in ('read_timeout_s', 'ping_interval_s', 'ping_timeout_s'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float('inf'):
+                raise ValueError(f'{name} must be a positive number of seconds, got {value!r}')
 
     def for_threads(self, threads: int | None, *, websocket: bool = True) -> ServingLimits:
         """These limits with the open ones filled in for a server of ``threads`` threads (None: a thread per
@@ -67,7 +77,7 @@ class ServingLimits:
         default = max(1, free // 2) if websocket else free
         polls = self.max_long_polls if self.max_long_polls is not None else default
         sockets = self.max_websockets if self.max_websockets is not None else default
-        return ServingLimits(self.max_sessions, polls, sockets, self.retry_after_s, self.read_timeout_s)
+        return replace(self, max_long_polls=polls, max_websockets=sockets)
 
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

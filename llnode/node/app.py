@@ -54,12 +54,18 @@ SOCKETIO_MAX_BUFFER = 64 * 1024 * 1024
 TASK_THREADS_MAX = 10_000
 _IDLE_TASK_THREAD = 'llnode-node-sio-idle'
 
+#: How often every session's ping timeout is checked. engine.io's own service task visits the sessions one by one
+#: over a whole ping timeout, so a client that vanished was given up as late as twice the ping timeout after its
+#: last ping.
+PING_CHECK_S = 1.0
+
 
 class _EngineIOServer(engineio.Server):
     """engineio's threading server whose threads carry a name, so a leaked or stuck one is attributable, whose
     ``sleep`` (a ping thread per client waits the ping interval with it) ends at ``shutdown()``, and whose
     WebSockets read in large parts and end their reader thread when they close
-    (:mod:`llnode.node.websocket_connection`)."""
+    (:mod:`llnode.node.websocket_connection`), and which checks every session's ping timeout each
+    :data:`PING_CHECK_S`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._shutting_down = threading.Event()
@@ -79,6 +85,22 @@ class _EngineIOServer(engineio.Server):
         self._shutting_down.set()
         super().shutdown()
         self._tasks.shutdown(wait=False)  # idle task threads end now, busy ones after their task
+
+    def _service_task(self) -> None:
+        """Give up every client whose pong is overdue, within :data:`PING_CHECK_S` (replaces engine.io's service
+        task, which checks one session per ``ping_timeout / sessions`` seconds); ends at ``shutdown()``."""
+        self.service_task_event = stop = self.create_event()
+        while not stop.wait(PING_CHECK_S):
+            for sid, socket in list(self.sockets.items()):
+                try:
+                    if socket.closed:
+                        self.sockets.pop(sid, None)
+                    elif not socket.closing:
+                        socket.check_ping_timeout()
+                except engineio.exceptions.SocketIsClosedError:
+                    pass  # closed since the look above
+                except Exception:
+                    logger.exception('checking the ping timeout of Socket.IO session %s failed', sid)
 
     def disconnect(self, sid: str | None = None) -> None:
         """Close a session (or all) without waiting for the client to read the close.
@@ -175,8 +197,10 @@ def _unknown_event(event: str, sid: str, *args: Any) -> dict[str, str]:
     return {'error': f'unknown event {event!r}'}
 
 
-def create_socketio_server() -> socketio.Server:
-    """The node's Socket.IO server (threading mode, 64 MiB messages, the library's default CORS policy).
+def create_socketio_server(ping_interval: float = 5.0, ping_timeout: float = 20.0) -> socketio.Server:
+    """The node's Socket.IO server (threading mode, 64 MiB messages, the library's default CORS policy, engine.io's
+    ping every ``ping_interval`` s, a client given up after ``ping_timeout`` s without its pong: see
+    :class:`~llnode.node.admission.ServingLimits`).
 
     WebSocket upgrades are allowed; a node served by waitress switches them off (see ``Node.websocket_enabled``).
     A long-polling POST may carry up to :data:`~llnode.polling_limit.POLLING_MAX_PACKETS` packets (a batch of
@@ -185,7 +209,11 @@ def create_socketio_server() -> socketio.Server:
     """
     raise_polling_packet_limit()
     server = _SocketIOServer(
-        async_mode='threading', max_http_buffer_size=SOCKETIO_MAX_BUFFER, **socketio_loggers('llnode.node')
+        async_mode='threading',
+        max_http_buffer_size=SOCKETIO_MAX_BUFFER,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        **socketio_loggers('llnode.node'),
     )
     server.on('*', _unknown_event)
     return server

@@ -139,7 +139,8 @@ class Node:
             name=f'llnode-repeat-{node_key(name)}',
             muted=self._settings.skip_repeat_on_start,
         )
-        self._sio = create_socketio_server()
+        limits = self.serving_limits
+        self._sio = create_socketio_server(limits.ping_interval_s, limits.ping_timeout_s)
 
         # Lifecycle state; ``_lifecycle_lock`` guards _state, _http, _exit_code and _started_at.
         self._lifecycle_lock = threading.Lock()
@@ -598,6 +599,8 @@ class Node:
             if self._state in (_STOPPING, _STOPPED):
                 raise RuntimeError(f'{self!r} was stopped; create a new node')
         self.websocket_enabled = server != 'waitress'
+        self._sio.eio.ping_interval = limits.ping_interval_s  # read by engine.io at each handshake and ping
+        self._sio.eio.ping_timeout = limits.ping_timeout_s
         limits = limits.for_threads(None if server == 'werkzeug' else threads, websocket=self.websocket_enabled)
         admission = SocketIOAdmission(self.wsgi_app, self._sio.eio, SOCKETIO_PATH, limits)
         activity = RequestActivity(admission)

@@ -19,8 +19,15 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.test import Client
 
-from tests.detector.node_helpers import jpeg_bytes
+from llnode.detector import DetectorNode
+from llnode.node.admission import ServingLimits
+from llnode.node.app import PING_CHECK_S
+from llnode.node.threadpool import IDLE_S
+from tests.detector.conftest import offline_settings
+from tests.detector.node_helpers import TestingFactory, jpeg_bytes, nothing
 from tests.node.served_process import REPO, ServedProcess
 from tests.polling import wait_for
 
@@ -164,11 +171,25 @@ def test_hung_uploads_neither_starve_rest_nor_keep_their_threads(
             sock.close()
 
 
+def socketio_sessions(url: str) -> float:
+    """The open Socket.IO sessions, as /metrics counts them (every transport)."""
+    text = requests.get(f'{url}/metrics', timeout=5).text
+    for family in text_string_to_metric_families(text):
+        if family.name == 'llnode_socketio_sessions':
+            return sum(sample.value for sample in family.samples)
+    raise AssertionError(f'no llnode_socketio_sessions in /metrics:\n{text}')
+
+
 @pytest.mark.slow
-def test_vanished_clients_free_their_threads(server: str, served: Callable[..., ServedProcess]) -> None:
-    """Clients that vanish (their process stopped) without closing: engine.io gives their sessions up after the ping
-    timeout, and the threads they held end soon after."""
-    node = served(server, '--threads', '32', '--ping', '1')
+def test_vanished_clients_are_given_up_within_the_ping_timeout_and_free_their_threads(
+    server: str, served: Callable[..., ServedProcess]
+) -> None:
+    """Clients that vanish (their process stopped) without closing: engine.io gives their sessions up within the
+    ping interval plus the ping timeout (plus the one-second check), and the threads they held end soon after.
+    engine.io's own check visits one session per ``ping_timeout / sessions`` seconds: up to a whole ping timeout
+    later."""
+    ping_interval, ping_timeout = 0.5, 3.0
+    node = served(server, '--threads', '32', '--ping-interval', str(ping_interval), '--ping-timeout', str(ping_timeout))
     detect(node.url)
     idle = node.threads()
     clients = subprocess.Popen(
@@ -181,11 +202,41 @@ def test_vanished_clients_free_their_threads(server: str, served: Callable[..., 
     report = json.loads(clients.stdout.readline())
     assert report['connected'] == 10, report
     assert node.threads() > idle
+    assert socketio_sessions(node.url) == 10
     os.kill(clients.pid, signal.SIGSTOP)  # their connections stay open and silent: no close, no FIN
+    vanished = time.monotonic()
     try:
         detect(node.url)
-        wait_for(lambda: node.threads() <= idle + 2, 1 + 1 + 10, f'{server} threads back to {idle} (+2)')
+        wait_for(lambda: socketio_sessions(node.url) == 0, ping_interval + ping_timeout + 5, 'sessions given up')
+        given_up_after = time.monotonic() - vanished
+        # the check runs each second; another second of slack for a loaded machine
+        assert given_up_after <= ping_interval + ping_timeout + PING_CHECK_S + 1.0, given_up_after
+        # the pool's threads end IDLE_S after their last work
+        wait_for(lambda: node.threads() <= idle + 2, IDLE_S + 3, f'{server} threads back to {idle} (+2)')
         detect(node.url)
     finally:
         clients.kill()
         clients.wait(10)
+
+
+def test_the_handshake_tells_clients_the_ping_settings(served: Callable[..., ServedProcess], tmp_path: Path) -> None:
+    """A client learns engine.io's heartbeat from the handshake: the documented defaults, or the limits given to
+    ``serve()`` (here under gunicorn, whose worker is forked after they were set)."""
+    app = DetectorNode('pings', TestingFactory(nothing), settings=offline_settings(tmp_path / 'in-process')).wsgi_app
+    opened = Client(app).get('/ws/socket.io/', query_string={'EIO': '4', 'transport': 'polling'})
+    defaults = json.loads(opened.get_data(as_text=True)[1:])
+    assert (defaults['pingInterval'], defaults['pingTimeout']) == (5000, 20000)
+    assert (ServingLimits().ping_interval_s, ServingLimits().ping_timeout_s) == (5.0, 20.0)
+    node = served('gunicorn', '--ping-interval', '2', '--ping-timeout', '7')
+    with requests.Session() as session:
+        handshaken = json.loads(handshake(session, node.url).text[1:])
+    assert (handshaken['pingInterval'], handshaken['pingTimeout']) == (2000, 7000)
+
+
+@pytest.mark.parametrize(
+    ('field', 'value'),
+    [('ping_interval_s', 0), ('ping_timeout_s', -1.0), ('ping_interval_s', float('inf')), ('ping_timeout_s', True)],
+)
+def test_ping_settings_must_be_positive_seconds(field: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f'{field} must be a positive number of seconds'):
+        ServingLimits(**{field: value})
