@@ -1,5 +1,5 @@
-"""The server side of a Socket.IO WebSocket: simple-websocket's connection, read in large parts, each binary
-message handed on whole, and shut down when engine.io closes it.
+"""The server side of a Socket.IO WebSocket: simple-websocket's connection, read in large parts by the thread
+that waits for the next message, each binary message handed on whole, and shut down when engine.io closes it.
 
 A robot sends raw camera frames (0.9 MB for 640x480 RGB) as binary WebSocket messages. simple-websocket reads
 its socket in a thread of its own, a fixed number of bytes at a time, feeds wsproto, and joins the parts wsproto
@@ -7,17 +7,25 @@ returns by appending them to a ``bytearray`` and copying that to ``bytes`` at th
 while a message arrives and small between messages (a blocked read holds its whole buffer, for every idle
 WebSocket), and a binary message's parts are joined once, when its last part came: two copies of the frame fewer,
 both after its last bytes arrived. What the application receives is unchanged: the same ``bytes`` or ``str``.
+
+simple-websocket also starts a reader thread per connection, which hands each message to the thread that waits
+for it (engine.io's, the server's request thread) through an event. That thread does nothing else while it
+waits, so here it reads the socket itself: a thread fewer per WebSocket (a robot fleet's hundreds of idle
+clients), and a thread hand-off fewer per message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import simple_websocket
 from wsproto.events import BytesMessage, Event
+from wsproto.utilities import LocalProtocolError
 
 #: Bytes read at a time between messages; simple-websocket's default of 4 KiB costs ~230 reads (and wsproto
 #: rounds) per 640x480x3 raw image, measured at 3 ms of a detect call's 8 ms.
@@ -56,10 +64,59 @@ class _WholeBinaryMessages:
         return getattr(self._connection, name)
 
 
+class _ReadByReceive:
+    """Stands in for simple-websocket's reader thread, which :class:`MessageSizedServer` does not start: its
+    ``receive()`` reads the socket instead."""
+
+    def __init__(self, target: Callable[..., Any] | None = None, **kwargs: Any) -> None:
+        self.name = 'llnode-websocket-read-by-receive'
+
+    def start(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return False
+
+
 class MessageSizedServer(simple_websocket.Server):
-    """simple-websocket's server connection that reads :data:`WEBSOCKET_MESSAGE_RECEIVE_BYTES` at a time while a
-    binary message is partly received and its ``receive_bytes`` otherwise (its reader asks before every read), and
-    whose binary messages reach it whole (:class:`_WholeBinaryMessages`)."""
+    """simple-websocket's server connection that is read by the thread calling ``receive()`` (no reader thread
+    of its own), :data:`WEBSOCKET_MESSAGE_RECEIVE_BYTES` at a time while a binary message is partly received and
+    its ``receive_bytes`` otherwise, and whose binary messages reach it whole (:class:`_WholeBinaryMessages`).
+    One thread receives at a time (engine.io's); ``send()`` and ``close()`` may come from any other."""
+
+    connected: bool
+
+    def __init__(self, environ: dict[str, Any], **kwargs: Any) -> None:
+        if kwargs.get('ping_interval'):
+            raise ValueError("this WebSocket sends no pings of its own (engine.io's ping keeps it alive)")
+        super().__init__(environ, thread_class=_ReadByReceive, **kwargs)
+
+    def receive(self, timeout: float | None = None) -> Any:
+        """The next message (``bytes`` or ``str``), read from the socket as it arrives; None when ``timeout``
+        seconds passed without one. Raises ``ConnectionClosed`` once the connection is closed (by the client, by
+        ``close()`` from another thread, by a read timeout or a broken connection), as simple-websocket does."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.connected and not self.input_buffer:
+            if deadline is not None and not _readable(self.sock, deadline - time.monotonic()):
+                return None
+            try:
+                data = self.sock.recv(self.receive_bytes)
+            except OSError:  # a read timeout, a reset, or the shutdown that close() makes
+                data = b''
+            if not data:
+                self.connected = False
+                break
+            try:
+                self.ws.receive_data(data)
+                self.connected = self._handle_events()
+            except LocalProtocolError:
+                self.connected = False
+        if self.input_buffer:
+            return self.input_buffer.pop(0)
+        raise simple_websocket.ConnectionClosed(self.close_reason, self.close_message)
 
     def handshake(self) -> None:
         self.ws: Any = _WholeBinaryMessages(self.ws)
@@ -77,14 +134,21 @@ class MessageSizedServer(simple_websocket.Server):
         self._idle_receive_bytes = value
 
 
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has bytes (or an end) to read within ``timeout`` seconds."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
+
+
 def closing_websocket_driver(driver: type) -> type:
     """engine.io's WebSocket driver whose connection is a :class:`MessageSizedServer` and whose ``close()`` also
     shuts the connection down.
 
-    simple-websocket reads a WebSocket in a thread of its own. When engine.io ends a session (a client that
-    vanished gives no pong within the ping timeout) it sends the close frame, but the reader stays in ``recv()``
-    on the silent connection, and the server thread of the request waits for that reader: both were held until
-    the read timeout, or for ever without one. Shutting the socket down makes the ``recv()`` return at once.
+    When engine.io ends a session (a client that vanished gives no pong within the ping timeout) it sends the
+    close frame from its writer thread, but the request's thread stays in ``recv()`` on the silent connection
+    (simple-websocket's own reader thread did too): it was held until the read timeout, or for ever without one.
+    Shutting the socket down makes the ``recv()`` return at once.
     """
 
     class ClosingWebSocket(driver):

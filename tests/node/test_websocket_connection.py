@@ -5,15 +5,30 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+import simple_websocket
+from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, Message, Ping, Request, TextMessage
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
 
 from llnode.config import Settings
 from llnode.node import Node
-from llnode.node.websocket_connection import _WholeBinaryMessages
+from llnode.node.websocket_connection import MessageSizedServer, _WholeBinaryMessages, closing_websocket_driver
 from tests.node.conftest import Served, wait_for
 from tests.sio_client import SioClient
 
@@ -79,3 +94,104 @@ def test_large_binary_attachments_over_a_real_websocket(settings: Settings, serv
         assert served.stop() == 0
     finally:
         client.disconnect()
+
+
+class SocketPairWebSocket:
+    """A :class:`MessageSizedServer` over one end of a socket pair (as werkzeug hands it over) and a wsproto
+    client on the other end, driven by the test."""
+
+    def __init__(self, **server_args: Any) -> None:
+        self.client_sock, server_sock = socket.socketpair()
+        self.client_sock.settimeout(5)
+        self.client = WSConnection(ConnectionType.CLIENT)
+        request = self.client.send(Request(host='x', target='/ws'))
+        head = request.decode().split('\r\n')
+        headers = dict(line.split(': ', 1) for line in head[1:] if line)
+        environ = {'werkzeug.socket': server_sock, 'REQUEST_METHOD': 'GET', 'PATH_INFO': '/ws', 'QUERY_STRING': ''}
+        environ.update({'HTTP_' + name.upper().replace('-', '_'): value for name, value in headers.items()})
+        self.server = MessageSizedServer(environ, **server_args)
+        self.client.receive_data(self.client_sock.recv(65536))
+        assert isinstance(next(self.client.events()), AcceptConnection)
+
+    def send(self, event: Any) -> None:
+        self.client_sock.sendall(self.client.send(event))
+
+    def client_events(self) -> list[Any]:
+        self.client.receive_data(self.client_sock.recv(65536))
+        return list(self.client.events())
+
+    def close(self) -> None:
+        self.client_sock.close()
+        self.server.sock.close()
+
+
+def test_the_thread_that_receives_reads_the_socket_and_no_reader_thread_starts() -> None:
+    before = set(threading.enumerate())
+    pair = SocketPairWebSocket(receive_bytes=4096)
+    try:
+        assert set(threading.enumerate()) == before  # simple-websocket would start one per connection
+        data = random.Random(5).randbytes(921_600)
+        sender = threading.Thread(target=pair.send, args=(Message(data=data),), name='test-ws-sender')
+        sender.start()
+        received = pair.server.receive()
+        sender.join(5)
+        assert received == data and type(received) is bytes
+        pair.send(TextMessage(data='42["about"]'))
+        assert pair.server.receive() == '42["about"]'
+        assert pair.server.receive(timeout=0.05) is None  # nothing came: no message, no error
+        pair.send(Ping(payload=b'are you there'))
+        pair.send(TextMessage(data='after the ping'))
+        assert pair.server.receive() == 'after the ping'
+        (pong,) = pair.client_events()
+        assert isinstance(pong, Pong) and pong.payload == b'are you there'
+    finally:
+        pair.close()
+
+
+def test_a_client_close_ends_receive_with_connection_closed() -> None:
+    pair = SocketPairWebSocket()
+    try:
+        pair.send(TextMessage(data='last'))
+        pair.send(CloseConnection(code=1000, reason='bye'))
+        assert pair.server.receive() == 'last'
+        with pytest.raises(simple_websocket.ConnectionClosed):
+            pair.server.receive()
+        assert not pair.server.connected
+        (closed,) = pair.client_events()
+        assert isinstance(closed, CloseConnection)  # the server answered the close
+    finally:
+        pair.close()
+
+
+def test_closing_from_another_thread_wakes_a_receive_on_a_silent_connection() -> None:
+    """engine.io's writer thread closes a session whose client vanished; the thread in receive() must return
+    (engine.io's driver shuts the socket down after the close frame)."""
+    pair = SocketPairWebSocket()
+    driver = closing_websocket_driver(SimpleWebSocketWSGI)(lambda ws: None, None)
+    driver.ws = pair.server
+    outcome: list[Any] = []
+    receiver = threading.Thread(target=lambda: outcome.append(driver.wait()), name='test-ws-receiver')
+    receiver.start()
+    try:
+        time.sleep(0.2)  # the receiver is in recv() on a connection where nothing comes
+        assert receiver.is_alive()
+        driver.close()
+        receiver.join(5)
+        assert not receiver.is_alive() and outcome == [None]  # engine.io's driver: None means closed
+    finally:
+        pair.close()
+
+
+def test_a_read_timeout_ends_the_connection() -> None:
+    pair = SocketPairWebSocket()
+    pair.server.sock.settimeout(0.2)  # as a server's read timeout does
+    try:
+        with pytest.raises(simple_websocket.ConnectionClosed):
+            pair.server.receive()
+    finally:
+        pair.close()
+
+
+def test_websocket_pings_of_its_own_are_refused() -> None:
+    with pytest.raises(ValueError, match='no pings of its own'):
+        SocketPairWebSocket(ping_interval=5)
