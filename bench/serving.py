@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
                 for server in ('gunicorn', 'waitress', 'werkzeug'):
                     with llnode_detector(loop_host, server, folder / key, sessions) as (url, process):
                         pid = serving_pid(process, server)
-                        starvation[server] = starvation_figures(url, pid, jpeg, calls=calls // 2, quick=args.quick)
+                        starvation[server] = starvation_figures(url, pid, jpeg, calls=calls, quick=args.quick)
                 result[key] = starvation
     result['targets_met'] = targets_met(result)
     result['machine'] = machine(load_before)
