@@ -21,11 +21,13 @@ fails is logged once and left out while the rest still answers.
 from __future__ import annotations
 
 import bisect
+import functools
+import itertools
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -36,6 +38,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from llnode.node.process_metrics import ProcessFigures
 
 if TYPE_CHECKING:
     import socketio
@@ -63,7 +67,10 @@ __all__ = [
     'RequestCounts',
     'StateSetMetricFamily',
     'counter',
+    'counters',
     'gauge',
+    'gauges',
+    'info',
     'loop_link_families',
     'node_families',
     'socketio_families',
@@ -105,18 +112,17 @@ class BucketCounts:
             return sum(self._counts)
 
     def family(self, name: str, documentation: str, unit: str = '') -> HistogramMetricFamily:
+        """The histogram as it is now (the same family as at the last scrape while nothing was observed)."""
         with self._lock:
-            counts, total = list(self._counts), self._sum
-        cumulative, running = [], 0
-        for bound, count in zip((*self.bounds, float('inf')), counts, strict=True):
-            running += count
-            cumulative.append((_bound_text(bound), running))
-        return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=total, unit=unit)
+            counts, total = tuple(itertools.accumulate(self._counts)), self._sum
+        return _histogram(name, documentation, unit, tuple(zip(self._bound_texts, counts, strict=True)), total)
+
+    @functools.cached_property
+    def _bound_texts(self) -> tuple[str, ...]:
+        return (*(_bound_text(bound) for bound in self.bounds), '+Inf')
 
 
 def _bound_text(bound: float) -> str:
-    if bound == float('inf'):
-        return '+Inf'
     return repr(bound) if bound != int(bound) else f'{bound:.1f}'
 
 
@@ -139,12 +145,10 @@ class LabelledCounts:
             return self._counts.get(values, 0)
 
     def family(self) -> CounterMetricFamily:
+        """The counts as they are now (the same family as at the last scrape while none moved)."""
         with self._lock:
-            counts = sorted(self._counts.items())
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for values, count in counts:
-            family.add_metric(values, count)
-        return family
+            counts = tuple(sorted(self._counts.items()))
+        return _counter(self.name, self.documentation, self.labels, counts)
 
 
 class RequestCounts:
@@ -180,24 +184,87 @@ class RequestCounts:
         yield gauge('llnode_http_requests_in_flight', 'HTTP requests the REST API is handling now', in_flight)
 
 
+# The helpers below build each family once per content: a scrape that finds the same figures as an earlier one
+# gets the same family object back (a dictionary look-up instead of building it again), and
+# :class:`FamilyTexts` knows its text at once. So the families they return are shared: never add samples to one.
+
+#: how many families the helpers keep (a few hundred bytes each); a scrape of a detector builds about 40
+KEPT_FAMILIES = 512
+#: how many histogram families are kept (a few kilobytes each); a detector has 3
+KEPT_HISTOGRAMS = 32
+
+Samples = tuple[tuple[tuple[str, ...], float], ...]
+
+
+@functools.lru_cache(maxsize=KEPT_FAMILIES)
+def _gauge(name: str, documentation: str, labels: tuple[str, ...], samples: Samples) -> GaugeMetricFamily:
+    return _filled(GaugeMetricFamily(name, documentation, labels=labels), samples)
+
+
+@functools.lru_cache(maxsize=KEPT_FAMILIES)
+def _counter(name: str, documentation: str, labels: tuple[str, ...], samples: Samples) -> CounterMetricFamily:
+    return _filled(CounterMetricFamily(name, documentation, labels=labels), samples)
+
+
+Family = TypeVar('Family', GaugeMetricFamily, CounterMetricFamily)
+
+
+def _filled(family: Family, samples: Samples) -> Family:
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family
+
+
+@functools.lru_cache(maxsize=KEPT_HISTOGRAMS)
+def _histogram(
+    name: str, documentation: str, unit: str, buckets: tuple[tuple[str, int], ...], total: float
+) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, documentation, buckets=list(buckets), sum_value=total, unit=unit)
+
+
 def gauge(name: str, documentation: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
-    """A gauge family of one sample (with ``labels``, if given)."""
+    """A gauge family of one sample (with ``labels``, if given); shared, never add samples to it."""
     if labels:
-        family = GaugeMetricFamily(name, documentation, labels=list(labels))
-        family.add_metric(list(labels.values()), value)
-        return family
-    return GaugeMetricFamily(name, documentation, value=value)
+        return _gauge(name, documentation, tuple(labels), ((tuple(labels.values()), value),))
+    return _gauge(name, documentation, (), (((), value),))
+
+
+def gauges(name: str, documentation: str, label: str, values: Mapping[str, float]) -> GaugeMetricFamily:
+    """A gauge family of one sample per ``label`` value, in the order of ``values``; shared, never add samples."""
+    return _gauge(name, documentation, (label,), tuple(((k,), v) for k, v in values.items()))
 
 
 def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    """A counter family of one sample (``name`` without ``_total``; it is added)."""
-    return CounterMetricFamily(name, documentation, value=value)
+    """A counter family of one sample (``name`` without ``_total``; it is added); shared, never add samples to it."""
+    return _counter(name, documentation, (), (((), value),))
+
+
+def counters(name: str, documentation: str, label: str, values: Mapping[str, float]) -> CounterMetricFamily:
+    """A counter family of one sample per ``label`` value, in the order of ``values``; shared, never add samples."""
+    return _counter(name, documentation, (label,), tuple(((k,), v) for k, v in values.items()))
 
 
 def state_set(name: str, documentation: str, states: Iterable[str], current: str) -> StateSetMetricFamily:
-    """An enum as a state set: one series per state, 1 for ``current``."""
+    """An enum as a state set: one series per state, 1 for ``current``; shared, never add samples to it."""
+    return _state_set(name, documentation, tuple(states), current)
+
+
+@functools.lru_cache(maxsize=KEPT_FAMILIES)
+def _state_set(name: str, documentation: str, states: tuple[str, ...], current: str) -> StateSetMetricFamily:
     family = StateSetMetricFamily(name, documentation)
     family.add_metric([], {state: state == current for state in states})
+    return family
+
+
+def info(name: str, documentation: str, labels: dict[str, str]) -> InfoMetricFamily:
+    """An info family (``name`` without ``_info``; it is added) of one sample; shared, never add samples to it."""
+    return _info(name, documentation, tuple(labels.items()))
+
+
+@functools.lru_cache(maxsize=KEPT_FAMILIES)
+def _info(name: str, documentation: str, labels: tuple[tuple[str, str], ...]) -> InfoMetricFamily:
+    family = InfoMetricFamily(name, documentation)
+    family.add_metric([], dict(labels))
     return family
 
 
@@ -205,9 +272,11 @@ def node_families(node: Node, states: Sequence[str], state: str, repeat: RepeatT
     """Every node's own families: what it is, its lifecycle state, the repeat cycle."""
     from llnode import __version__
 
-    info = InfoMetricFamily('llnode_node', 'The node: its name, uuid, type and llnode version')
-    info.add_metric([], {'name': node.name, 'uuid': node.uuid, 'node_type': node.node_type, 'version': __version__})
-    yield info
+    yield info(
+        'llnode_node',
+        'The node: its name, uuid, type and llnode version',
+        {'name': node.name, 'uuid': node.uuid, 'node_type': node.node_type, 'version': __version__},
+    )
     yield state_set('llnode_node_state', "The node's lifecycle state", states, state)
     yield gauge('llnode_node_muted', '1 while the repeat cycle is muted (PUT /socketio off)', int(repeat.muted))
     yield counter('llnode_repeat_cycles', 'Repeat cycles run', repeat.cycles)
@@ -220,12 +289,12 @@ def socketio_families(sio: socketio.Server) -> Iterator[Metric]:
     for socket in list(sio.eio.sockets.values()):
         if not socket.closed:
             sessions['websocket' if socket.upgraded else 'polling'] += 1
-    family = GaugeMetricFamily(
-        'llnode_socketio_sessions', 'Open Socket.IO (engine.io) sessions of clients, by transport', labels=['transport']
+    yield gauges(
+        'llnode_socketio_sessions',
+        'Open Socket.IO (engine.io) sessions of clients, by transport',
+        'transport',
+        sessions,
     )
-    for transport, count in sessions.items():
-        family.add_metric([transport], count)
-    yield family
 
 
 def loop_link_families(link: LoopSocket | None) -> Iterator[Metric]:
@@ -242,6 +311,62 @@ class _NodeCollector(Collector):
         return list(self._families())
 
 
+class _Families(Collector):
+    """Given families as a collector, for an encoder."""
+
+    def __init__(self, families: Sequence[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+class FamilyTexts:
+    """One format's text of each family as of the last scrape, re-used while the family is unchanged.
+
+    Most families (the node's info and state, the outbox, the model, the Loop link) do not change between two
+    scrapes, and rendering is half of a scrape's cost; a family equal to the last one seen under its name (same
+    name, help, type, unit and samples: :meth:`Metric.__eq__`) is not rendered again. prometheus-client renders
+    every byte: the text of one family is what the encoder writes for it alone, less the encoder's frame (what
+    it writes for no family at all: nothing for the text formats, ``# EOF`` for OpenMetrics), and the answer
+    is the blocks in order followed by the frame. :meth:`verify` checks that this gives exactly the encoder's own
+    answer before it is used. Concurrent scrapes may each render a changed family; the last one's text is kept
+    (each entry is replaced whole, so a reader never sees a text with another family's samples).
+    """
+
+    def __init__(self, encode: Callable[[Collector], bytes]) -> None:
+        self._encode = encode
+        self._frame = encode(_Families(()))
+        self._last: dict[str, tuple[Metric, bytes]] = {}
+
+    def verify(self, families: Sequence[Metric]) -> bool:
+        """Whether the blocks of ``families`` and the frame make exactly the encoder's answer for them."""
+        try:
+            return self.render(families) == self._encode(_Families(families))
+        except ValueError:
+            return False
+
+    def render(self, families: Iterable[Metric]) -> bytes:
+        """The encoder's answer for ``families``, from the kept texts of those unchanged since the last scrape."""
+        blocks = []
+        for family in families:
+            known = self._last.get(family.name)
+            if known is not None and (known[0] is family or known[0] == family):
+                blocks.append(known[1])
+                continue
+            block = self._block(family)
+            self._last[family.name] = (family, block)
+            blocks.append(block)
+        blocks.append(self._frame)
+        return b''.join(blocks)
+
+    def _block(self, family: Metric) -> bytes:
+        text = self._encode(_Families((family,)))
+        if not text.endswith(self._frame):
+            raise ValueError(f'the encoder did not end {family.name} with its frame {self._frame!r}')
+        return text[: len(text) - len(self._frame)]
+
+
 class NodeMetrics:
     """The registry of one node: the process collector and the node's own families (``node.metric_families()``).
 
@@ -249,17 +374,35 @@ class NodeMetrics:
     Socket.IO events clients sent, by event and outcome (``ok`` or ``error``; node types that serve events feed it).
     """
 
+    #: how many formats (content types) keep their families' texts; the ``Accept`` header picks one, and a
+    #: client could name endless versions
+    KEPT_FORMATS = 4
+
     def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = RequestCounts()
         self.events = LabelledCounts(
             'llnode_socketio_events', 'Socket.IO events of clients answered, by event and outcome', ('event', 'outcome')
         )
-        ProcessCollector(registry=self.registry)
+        self.registry.register(ProcessFigures())
         self.registry.register(_NodeCollector(families))
+        self._texts_lock = threading.Lock()
+        self._texts: dict[str, FamilyTexts | None] = {}  # by content type; None: the check failed, render whole
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """Every metric and its content type, as ``GET /metrics`` answers: Prometheus' text format 0.0.4, or
         the format the ``Accept`` header asks for (OpenMetrics, text 1.0.0), as prometheus-client negotiates it."""
         encode, content_type = choose_encoder(accept or '')
-        return encode(self.registry), content_type
+        with self._texts_lock:
+            known = content_type in self._texts
+            texts = self._texts.get(content_type)
+        if known:
+            families = self.registry.collect()
+            return (encode(_Families(list(families))) if texts is None else texts.render(families)), content_type
+        families = list(self.registry.collect())
+        texts = FamilyTexts(encode)
+        usable = texts.verify(families)
+        with self._texts_lock:
+            if len(self._texts) < self.KEPT_FORMATS:
+                self._texts[content_type] = texts if usable else None
+        return (texts.render(families) if usable else encode(_Families(families))), content_type
