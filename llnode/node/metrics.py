@@ -24,8 +24,8 @@ import bisect
 import functools
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -39,6 +39,18 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encode
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from llnode.node.metric_families import (
+    Families,
+    FamilyTexts,
+    counter,
+    counters,
+    gauge,
+    gauges,
+    histogram,
+    info,
+    labelled_counter,
+    state_set,
+)
 from llnode.node.process_metrics import ProcessFigures
 
 if TYPE_CHECKING:
@@ -58,6 +70,7 @@ __all__ = [
     'METRICS_CONTENT_TYPE',
     'BucketCounts',
     'CounterMetricFamily',
+    'FamilyTexts',
     'GaugeMetricFamily',
     'HistogramMetricFamily',
     'InfoMetricFamily',
@@ -70,7 +83,9 @@ __all__ = [
     'counters',
     'gauge',
     'gauges',
+    'histogram',
     'info',
+    'labelled_counter',
     'loop_link_families',
     'node_families',
     'socketio_families',
@@ -115,7 +130,7 @@ class BucketCounts:
         """The histogram as it is now (the same family as at the last scrape while nothing was observed)."""
         with self._lock:
             counts, total = tuple(itertools.accumulate(self._counts)), self._sum
-        return _histogram(name, documentation, unit, tuple(zip(self._bound_texts, counts, strict=True)), total)
+        return histogram(name, documentation, unit, tuple(zip(self._bound_texts, counts, strict=True)), total)
 
     @functools.cached_property
     def _bound_texts(self) -> tuple[str, ...]:
@@ -148,7 +163,7 @@ class LabelledCounts:
         """The counts as they are now (the same family as at the last scrape while none moved)."""
         with self._lock:
             counts = tuple(sorted(self._counts.items()))
-        return _counter(self.name, self.documentation, self.labels, counts)
+        return labelled_counter(self.name, self.documentation, self.labels, counts)
 
 
 class RequestCounts:
@@ -182,90 +197,6 @@ class RequestCounts:
             in_flight = self._in_flight
         yield self._answered.family()
         yield gauge('llnode_http_requests_in_flight', 'HTTP requests the REST API is handling now', in_flight)
-
-
-# The helpers below build each family once per content: a scrape that finds the same figures as an earlier one
-# gets the same family object back (a dictionary look-up instead of building it again), and
-# :class:`FamilyTexts` knows its text at once. So the families they return are shared: never add samples to one.
-
-#: how many families the helpers keep (a few hundred bytes each); a scrape of a detector builds about 40
-KEPT_FAMILIES = 512
-#: how many histogram families are kept (a few kilobytes each); a detector has 3
-KEPT_HISTOGRAMS = 32
-
-Samples = tuple[tuple[tuple[str, ...], float], ...]
-
-
-@functools.lru_cache(maxsize=KEPT_FAMILIES)
-def _gauge(name: str, documentation: str, labels: tuple[str, ...], samples: Samples) -> GaugeMetricFamily:
-    return _filled(GaugeMetricFamily(name, documentation, labels=labels), samples)
-
-
-@functools.lru_cache(maxsize=KEPT_FAMILIES)
-def _counter(name: str, documentation: str, labels: tuple[str, ...], samples: Samples) -> CounterMetricFamily:
-    return _filled(CounterMetricFamily(name, documentation, labels=labels), samples)
-
-
-Family = TypeVar('Family', GaugeMetricFamily, CounterMetricFamily)
-
-
-def _filled(family: Family, samples: Samples) -> Family:
-    for values, value in samples:
-        family.add_metric(values, value)
-    return family
-
-
-@functools.lru_cache(maxsize=KEPT_HISTOGRAMS)
-def _histogram(
-    name: str, documentation: str, unit: str, buckets: tuple[tuple[str, int], ...], total: float
-) -> HistogramMetricFamily:
-    return HistogramMetricFamily(name, documentation, buckets=list(buckets), sum_value=total, unit=unit)
-
-
-def gauge(name: str, documentation: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
-    """A gauge family of one sample (with ``labels``, if given); shared, never add samples to it."""
-    if labels:
-        return _gauge(name, documentation, tuple(labels), ((tuple(labels.values()), value),))
-    return _gauge(name, documentation, (), (((), value),))
-
-
-def gauges(name: str, documentation: str, label: str, values: Mapping[str, float]) -> GaugeMetricFamily:
-    """A gauge family of one sample per ``label`` value, in the order of ``values``; shared, never add samples."""
-    return _gauge(name, documentation, (label,), tuple(((k,), v) for k, v in values.items()))
-
-
-def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    """A counter family of one sample (``name`` without ``_total``; it is added); shared, never add samples to it."""
-    return _counter(name, documentation, (), (((), value),))
-
-
-def counters(name: str, documentation: str, label: str, values: Mapping[str, float]) -> CounterMetricFamily:
-    """A counter family of one sample per ``label`` value, in the order of ``values``; shared, never add samples."""
-    return _counter(name, documentation, (label,), tuple(((k,), v) for k, v in values.items()))
-
-
-def state_set(name: str, documentation: str, states: Iterable[str], current: str) -> StateSetMetricFamily:
-    """An enum as a state set: one series per state, 1 for ``current``; shared, never add samples to it."""
-    return _state_set(name, documentation, tuple(states), current)
-
-
-@functools.lru_cache(maxsize=KEPT_FAMILIES)
-def _state_set(name: str, documentation: str, states: tuple[str, ...], current: str) -> StateSetMetricFamily:
-    family = StateSetMetricFamily(name, documentation)
-    family.add_metric([], {state: state == current for state in states})
-    return family
-
-
-def info(name: str, documentation: str, labels: dict[str, str]) -> InfoMetricFamily:
-    """An info family (``name`` without ``_info``; it is added) of one sample; shared, never add samples to it."""
-    return _info(name, documentation, tuple(labels.items()))
-
-
-@functools.lru_cache(maxsize=KEPT_FAMILIES)
-def _info(name: str, documentation: str, labels: tuple[tuple[str, str], ...]) -> InfoMetricFamily:
-    family = InfoMetricFamily(name, documentation)
-    family.add_metric([], dict(labels))
-    return family
 
 
 def node_families(node: Node, states: Sequence[str], state: str, repeat: RepeatThread) -> Iterator[Metric]:
@@ -311,62 +242,6 @@ class _NodeCollector(Collector):
         return list(self._families())
 
 
-class _Families(Collector):
-    """Given families as a collector, for an encoder."""
-
-    def __init__(self, families: Sequence[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
-
-
-class FamilyTexts:
-    """One format's text of each family as of the last scrape, re-used while the family is unchanged.
-
-    Most families (the node's info and state, the outbox, the model, the Loop link) do not change between two
-    scrapes, and rendering is half of a scrape's cost; a family equal to the last one seen under its name (same
-    name, help, type, unit and samples: :meth:`Metric.__eq__`) is not rendered again. prometheus-client renders
-    every byte: the text of one family is what the encoder writes for it alone, less the encoder's frame (what
-    it writes for no family at all: nothing for the text formats, ``# EOF`` for OpenMetrics), and the answer
-    is the blocks in order followed by the frame. :meth:`verify` checks that this gives exactly the encoder's own
-    answer before it is used. Concurrent scrapes may each render a changed family; the last one's text is kept
-    (each entry is replaced whole, so a reader never sees a text with another family's samples).
-    """
-
-    def __init__(self, encode: Callable[[Collector], bytes]) -> None:
-        self._encode = encode
-        self._frame = encode(_Families(()))
-        self._last: dict[str, tuple[Metric, bytes]] = {}
-
-    def verify(self, families: Sequence[Metric]) -> bool:
-        """Whether the blocks of ``families`` and the frame make exactly the encoder's answer for them."""
-        try:
-            return self.render(families) == self._encode(_Families(families))
-        except ValueError:
-            return False
-
-    def render(self, families: Iterable[Metric]) -> bytes:
-        """The encoder's answer for ``families``, from the kept texts of those unchanged since the last scrape."""
-        blocks = []
-        for family in families:
-            known = self._last.get(family.name)
-            if known is not None and (known[0] is family or known[0] == family):
-                blocks.append(known[1])
-                continue
-            block = self._block(family)
-            self._last[family.name] = (family, block)
-            blocks.append(block)
-        blocks.append(self._frame)
-        return b''.join(blocks)
-
-    def _block(self, family: Metric) -> bytes:
-        text = self._encode(_Families((family,)))
-        if not text.endswith(self._frame):
-            raise ValueError(f'the encoder did not end {family.name} with its frame {self._frame!r}')
-        return text[: len(text) - len(self._frame)]
-
-
 class NodeMetrics:
     """The registry of one node: the process collector and the node's own families (``node.metric_families()``).
 
@@ -398,11 +273,11 @@ class NodeMetrics:
             texts = self._texts.get(content_type)
         if known:
             families = self.registry.collect()
-            return (encode(_Families(list(families))) if texts is None else texts.render(families)), content_type
+            return (encode(Families(list(families))) if texts is None else texts.render(families)), content_type
         families = list(self.registry.collect())
         texts = FamilyTexts(encode)
         usable = texts.verify(families)
         with self._texts_lock:
             if len(self._texts) < self.KEPT_FORMATS:
                 self._texts[content_type] = texts if usable else None
-        return (texts.render(families) if usable else encode(_Families(families))), content_type
+        return (texts.render(families) if usable else encode(Families(families))), content_type

@@ -16,9 +16,10 @@ import os
 import resource
 from collections.abc import Iterable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from llnode.node.metric_families import counter, gauge
 
 PROC = '/proc'
 
@@ -46,52 +47,47 @@ class ProcessFigures(Collector):
             self._started = (pid, boot + float(fields[19]) / self._ticks)  # field 22 of stat: start, in ticks
         return self._started[1]
 
+    def open_fds(self) -> int:
+        """How many file descriptors are open: the size Linux (6.2 on) gives ``/proc/self/fd`` (one system call
+        that counts the open set), else the entries of that folder, less the one the listing opened itself."""
+        size = os.stat(self._fds).st_size
+        return size if size > 0 else len(os.listdir(self._fds)) - 1
+
     def collect(self) -> Iterable[Metric]:
         if not self._available:
             return []
         try:
             pages = _read(self._statm).split()
-            open_fds = len(os.listdir(self._fds))
+            open_fds = self.open_fds()
             start_time = self.start_time()
         except OSError:  # /proc went away: no process figures, as prometheus-client's collector does
             return []
         times = os.times()
         soft_fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         return [
-            GaugeMetricFamily(
-                'process_virtual_memory_bytes', 'Virtual memory size in bytes.', value=float(pages[0]) * self._page_size
+            gauge('process_virtual_memory_bytes', 'Virtual memory size in bytes.', int(pages[0]) * self._page_size),
+            gauge('process_resident_memory_bytes', 'Resident memory size in bytes.', int(pages[1]) * self._page_size),
+            gauge('process_start_time_seconds', 'Start time of the process since unix epoch in seconds.', start_time),
+            counter(
+                'process_cpu_seconds', 'Total user and system CPU time spent in seconds.', times.user + times.system
             ),
-            GaugeMetricFamily(
-                'process_resident_memory_bytes',
-                'Resident memory size in bytes.',
-                value=float(pages[1]) * self._page_size,
-            ),
-            GaugeMetricFamily(
-                'process_start_time_seconds',
-                'Start time of the process since unix epoch in seconds.',
-                value=start_time,
-            ),
-            CounterMetricFamily(
-                'process_cpu_seconds',
-                'Total user and system CPU time spent in seconds.',
-                value=times.user + times.system,
-            ),
-            GaugeMetricFamily('process_open_fds', 'Number of open file descriptors.', value=open_fds),
-            GaugeMetricFamily(
+            gauge('process_open_fds', 'Number of open file descriptors.', open_fds),
+            gauge(
                 'process_max_fds',
                 'Maximum number of open file descriptors.',
-                value=float('inf') if soft_fd_limit == resource.RLIM_INFINITY else soft_fd_limit,
+                float('inf') if soft_fd_limit == resource.RLIM_INFINITY else soft_fd_limit,
             ),
         ]
 
 
-def _read(path: str) -> bytes:
-    """A small ``/proc`` file at once: ``os.open`` and one ``os.read`` cost a fifth of a buffered ``open()``."""
+def _read(path: str, size: int = 4096) -> bytes:
+    """A small ``/proc`` file at once: ``os.open`` and ``os.read`` cost a fifth of a buffered ``open()``. A
+    ``/proc`` file writes what fits into each read, so a read shorter than ``size`` was the last."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        chunks = [os.read(fd, 4096)]
-        while chunks[-1]:
-            chunks.append(os.read(fd, 4096))
+        chunks = [os.read(fd, size)]
+        while len(chunks[-1]) == size:
+            chunks.append(os.read(fd, size))
     finally:
         os.close(fd)
     return b''.join(chunks)
