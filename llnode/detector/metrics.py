@@ -12,10 +12,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llnode.node.metrics import BucketCounts, Metric, counter, counters, gauge, gauges, info
+from llnode.schema import OperationMode
 
 if TYPE_CHECKING:
     from llnode.detector.deployment import ModelManager
     from llnode.detector.status_sync import StatusReporter
+
+#: the states of ``llnode_detector_operation_mode`` (listed once: iterating an enum at each scrape costs)
+OPERATION_MODES = tuple(mode.value for mode in OperationMode)
 
 #: upper bounds of the batch-size histogram (images per logic call)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)

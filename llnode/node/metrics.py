@@ -39,6 +39,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encode
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from llnode import __version__
 from llnode.node.metric_families import (
     Families,
     FamilyTexts,
@@ -107,12 +108,15 @@ class BucketCounts:
         self._lock = threading.Lock()
         self._counts = [0] * (len(self.bounds) + 1)
         self._sum = 0.0
+        self._observed = 0  # observations so far: the family of the last scrape still holds while it stays
+        self._last: tuple[tuple[str, str, str, int], HistogramMetricFamily] | None = None
 
     def observe(self, value: float) -> None:
         index = bisect.bisect_left(self.bounds, value)
         with self._lock:
             self._counts[index] += 1
             self._sum += value
+            self._observed += 1
 
     def observe_many(self, values: Iterable[float]) -> None:
         indices = [(bisect.bisect_left(self.bounds, value), value) for value in values]
@@ -120,6 +124,7 @@ class BucketCounts:
             for index, value in indices:
                 self._counts[index] += 1
                 self._sum += value
+            self._observed += len(indices)
 
     @property
     def count(self) -> int:
@@ -129,8 +134,15 @@ class BucketCounts:
     def family(self, name: str, documentation: str, unit: str = '') -> HistogramMetricFamily:
         """The histogram as it is now (the same family as at the last scrape while nothing was observed)."""
         with self._lock:
+            key = (name, documentation, unit, self._observed)
+            last = self._last
+            if last is not None and last[0] == key:
+                return last[1]
             counts, total = tuple(itertools.accumulate(self._counts)), self._sum
-        return histogram(name, documentation, unit, tuple(zip(self._bound_texts, counts, strict=True)), total)
+        family = histogram(name, documentation, unit, tuple(zip(self._bound_texts, counts, strict=True)), total)
+        with self._lock:
+            self._last = (key, family)
+        return family
 
     @functools.cached_property
     def _bound_texts(self) -> tuple[str, ...]:
@@ -201,8 +213,6 @@ class RequestCounts:
 
 def node_families(node: Node, states: Sequence[str], state: str, repeat: RepeatThread) -> Iterator[Metric]:
     """Every node's own families: what it is, its lifecycle state, the repeat cycle."""
-    from llnode import __version__
-
     yield info(
         'llnode_node',
         'The node: its name, uuid, type and llnode version',
