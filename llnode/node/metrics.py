@@ -8,13 +8,15 @@ Why this shape:
   the outbox, the model manager, the training machine) when Prometheus scrapes, so there is one source of truth
   and nothing to keep in step; only what the node did not count before (HTTP requests by route, batch and wait
   histograms) is counted here, with one lock and a few integer additions per event;
-- no ``_created`` series and few buckets: a scrape renders about a hundred lines in a few hundred microseconds
-  (``bench/metrics.py``).
+- no ``_created`` series and few buckets, families built once per content and each family's text rendered
+  again only when it changed (:mod:`llnode.node.metric_families`), and the process figures from cheap system
+  calls (:mod:`llnode.node.process_metrics`): a scrape of a busy detector costs about two thirds of a
+  millisecond of server CPU time at the median (``bench/metrics.py``).
 
 Names follow Prometheus' conventions: the ``llnode_`` prefix, base units (seconds, bytes), ``_total`` for counters
-(prometheus-client adds it), ``_info`` for info metrics. The process collector adds the usual ``process_*``
-figures. A node type adds its families in :meth:`Node.metric_families <llnode.node.node.Node.metric_families>`,
-each section through :meth:`Node.metrics_section <llnode.node.node.Node.metrics_section>`, so a section that
+(prometheus-client adds it), ``_info`` for info metrics. :class:`~llnode.node.process_metrics.ProcessFigures`
+adds the usual ``process_*`` figures. A node type adds its families in
+:meth:`Node.metric_families <llnode.node.node.Node.metric_families>`, each section through :meth:`Node.metrics_section <llnode.node.node.Node.metrics_section>`, so a section that
 fails is logged once and left out while the rest still answers.
 """
 
