@@ -61,6 +61,16 @@ def _counter(name: str, documentation: str, labels: tuple[str, ...], samples: Sa
     return _filled(CounterMetricFamily(name, documentation, labels=labels), samples)
 
 
+@functools.lru_cache(maxsize=KEPT_FAMILIES)
+def _scalar_gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+@functools.lru_cache(maxsize=KEPT_FAMILIES)
+def _scalar_counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
 Family = TypeVar('Family', GaugeMetricFamily, CounterMetricFamily)
 
 
@@ -83,7 +93,7 @@ def gauge(name: str, documentation: str, value: float, labels: dict[str, str] | 
     """A gauge family of one sample (with ``labels``, if given); shared, never add samples to it."""
     if labels:
         return _gauge(name, documentation, tuple(labels), ((tuple(labels.values()), value),))
-    return _gauge(name, documentation, (), (((), value),))
+    return _scalar_gauge(name, documentation, value)
 
 
 def gauges(name: str, documentation: str, label: str, values: Mapping[str, float]) -> GaugeMetricFamily:
@@ -93,7 +103,7 @@ def gauges(name: str, documentation: str, label: str, values: Mapping[str, float
 
 def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
     """A counter family of one sample (``name`` without ``_total``; it is added); shared, never add samples to it."""
-    return _counter(name, documentation, (), (((), value),))
+    return _scalar_counter(name, documentation, value)
 
 
 def counters(name: str, documentation: str, label: str, values: Mapping[str, float]) -> CounterMetricFamily:
