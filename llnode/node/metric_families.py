@@ -43,8 +43,9 @@ __all__ = [
     'state_set',
 ]
 
-#: how many families the helpers keep (a few hundred bytes each); a scrape of a detector builds about 40
-KEPT_FAMILIES = 512
+#: how many families each helper keeps (a few hundred bytes each); a scrape of a detector shows about 45, of
+#: which about 10 move between two scrapes of a busy one
+KEPT_FAMILIES = 256
 #: how many histogram families are kept (a few kilobytes each); a detector has 3
 KEPT_HISTOGRAMS = 32
 
