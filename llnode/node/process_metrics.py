@@ -1,8 +1,8 @@
 """The ``process_*`` families of ``GET /metrics`` (CPU, memory, start time, file descriptors), cheaply.
 
 prometheus-client's :class:`~prometheus_client.ProcessCollector` opens and parses ``/proc/self/stat`` and
-``/proc/self/limits`` with buffered files and lists ``/proc/self/fd`` at every scrape; on a busy node that was a
-third of the scrape's server time. :class:`ProcessFigures` gives the same families with the same names, types and
+``/proc/self/limits`` with buffered files and lists ``/proc/self/fd`` at every scrape; on a busy node that was about
+a fifth of the scrape's server time. :class:`ProcessFigures` gives the same families with the same names, types and
 values from cheaper sources: ``os.times()`` for the CPU seconds (the process-wide counters ``stat`` shows),
 ``statm`` for the memory (the same sizes, in pages), ``getrlimit`` for the file descriptor limit (the soft limit
 that ``limits`` shows), the size Linux (6.2 on) gives the ``fd`` folder for the open descriptors (the count of
