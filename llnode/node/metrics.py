@@ -283,13 +283,15 @@ class NodeMetrics:
         with self._texts_lock:
             known = content_type in self._texts
             texts = self._texts.get(content_type)
-        if known:
-            families = self.registry.collect()
-            return (encode(Families(list(families))) if texts is None else texts.render(families)), content_type
+            room = len(self._texts) < self.KEPT_FORMATS
+        if known and texts is not None:
+            return texts.render(self.registry.collect()), content_type
+        if known or not room:  # a format whose texts cannot be kept: rendered whole, as prometheus-client does
+            return encode(self.registry), content_type
         families = list(self.registry.collect())
         texts = FamilyTexts(encode)
         usable = texts.verify(families)
         with self._texts_lock:
             if len(self._texts) < self.KEPT_FORMATS:
-                self._texts[content_type] = texts if usable else None
+                self._texts.setdefault(content_type, texts if usable else None)
         return (texts.render(families) if usable else encode(Families(families))), content_type

@@ -9,9 +9,10 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from llnode.node.metric_families import Families, FamilyTexts, counter, counters, gauge, gauges, info, state_set
-from llnode.node.metrics import BucketCounts, LabelledCounts
+from llnode.node.metrics import BucketCounts, LabelledCounts, NodeMetrics
 
 ACCEPTS = (
     '',
@@ -63,7 +64,7 @@ def test_verify_checks_against_the_encoder() -> None:
     shown = [gauge('test_a', 'A', 1), counter('test_b', 'B', 2)]
     assert FamilyTexts(encode).verify(shown)
 
-    def framed_at_both_ends(collector: Families) -> bytes:  # an encoder whose answer is not blocks + frame
+    def framed_at_both_ends(collector: Collector) -> bytes:  # an encoder whose answer is not blocks + frame
         return b'# BEGIN\n' + encode(collector) + b'# END\n'
 
     assert not FamilyTexts(framed_at_both_ends).verify(shown)
@@ -101,3 +102,13 @@ def test_the_helpers_give_the_same_family_while_the_figures_stay() -> None:
     requests = LabelledCounts('test_r', 'R', ('route',))
     requests.add('/a')
     assert requests.family() is requests.family()
+
+
+def test_a_node_keeps_the_texts_of_a_few_formats_and_renders_the_others_whole() -> None:
+    metrics = NodeMetrics(lambda: [counter('test_cycles', 'Cycles', 1)])
+    versions = [f'application/openmetrics-text; version=1.0.{patch}' for patch in range(NodeMetrics.KEPT_FORMATS + 3)]
+    for accept in [*versions, *versions]:
+        body, content_type = metrics.exposition(accept)
+        assert content_type.startswith('application/openmetrics-text; version=1.0.')
+        assert body.endswith(b'# EOF\n') and b'test_cycles_total 1.0' in body
+    assert len(metrics._texts) == NodeMetrics.KEPT_FORMATS
