@@ -16,14 +16,14 @@ Why this shape:
 Names follow Prometheus' conventions: the ``llnode_`` prefix, base units (seconds, bytes), ``_total`` for counters
 (prometheus-client adds it), ``_info`` for info metrics. :class:`~llnode.node.process_metrics.ProcessFigures`
 adds the usual ``process_*`` figures. A node type adds its families in
-:meth:`Node.metric_families <llnode.node.node.Node.metric_families>`, each section through :meth:`Node.metrics_section <llnode.node.node.Node.metrics_section>`, so a section that
-fails is logged once and left out while the rest still answers.
+:meth:`Node.metric_families <llnode.node.node.Node.metric_families>`, each section through
+:meth:`Node.metrics_section <llnode.node.node.Node.metrics_section>`, so a section that fails is logged once and
+left out while the rest still answers.
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -107,6 +107,7 @@ class BucketCounts:
         if not bounds or list(bounds) != sorted(set(bounds)):
             raise ValueError(f'bucket bounds must be increasing and unique, got {bounds!r}')
         self.bounds = tuple(float(bound) for bound in bounds)
+        self._bound_texts = (*(_bound_text(bound) for bound in self.bounds), '+Inf')  # the ``le`` labels
         self._lock = threading.Lock()
         self._counts = [0] * (len(self.bounds) + 1)
         self._sum = 0.0
@@ -145,10 +146,6 @@ class BucketCounts:
         with self._lock:
             self._last = (key, family)
         return family
-
-    @functools.cached_property
-    def _bound_texts(self) -> tuple[str, ...]:
-        return (*(_bound_text(bound) for bound in self.bounds), '+Inf')
 
 
 def _bound_text(bound: float) -> str:
