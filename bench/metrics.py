@@ -5,8 +5,9 @@ to ``/detect`` back to back from a second process (so their work never holds thi
 process scrapes ``/metrics`` every 20 ms. The server time of a scrape is measured around the Flask app's WSGI
 call for ``/metrics`` (request hooks, collectors, rendering): wall time, and the CPU time of the serving thread
 (``time.thread_time``), which is what the scrape itself costs; the wall time also holds the waits for the GIL
-that the detecting threads hold. The same figures are taken with no clients first. Target: p50 server CPU time
-of a scrape under 1 ms with 8 clients detecting.
+that the detecting threads hold. The same figures are taken with no clients first. Each is given as p50, p95 and
+p99 (and the mean). Target (issue 14: "a scrape takes under 1 ms of server time with 8 clients detecting"): p50
+and p99 of the server CPU time of a scrape under 1 ms with 8 clients detecting.
 
     python bench/metrics.py [--server waitress|werkzeug] [--scrapes N] [--clients N]
 """
@@ -17,6 +18,7 @@ import argparse
 import io
 import json
 import logging
+import math
 import os
 import statistics
 import subprocess
@@ -37,7 +39,7 @@ from llnode.config import Settings
 from llnode.detector import DetectorFactory, DetectorLogic, DetectorNode
 from llnode.schema import BoxDetection, ImageMetadata, ModelInformation
 
-TARGET_SCRAPE_CPU_P50_MS = 1.0
+TARGET_SCRAPE_CPU_MS = 1.0  # p50 and p99
 
 #: the client process: N threads post the JPEG in ``argv[2]`` to ``argv[1]`` until stdin closes
 CLIENTS = r"""
@@ -122,9 +124,15 @@ def figures(seconds: list[float]) -> dict[str, float]:
     ms = sorted(s * 1000.0 for s in seconds)
     return {
         'p50_ms': round(statistics.median(ms), 3),
-        'p99_ms': round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3),
+        'p95_ms': round(percentile(ms, 0.95), 3),
+        'p99_ms': round(percentile(ms, 0.99), 3),
         'mean_ms': round(statistics.fmean(ms), 3),
     }
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """The value below which ``fraction`` of the sorted values lie (nearest rank)."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * fraction) - 1))]
 
 
 def scrape_round(url: str, timer: ScrapeTimer, scrapes: int) -> dict[str, Any]:
@@ -213,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         'scrapes': args.scrapes,
         'idle': idle,
         'with_clients': {**loaded, 'detections_per_s': round(detected / elapsed, 1)},
-        'target_scrape_cpu_p50_ms': TARGET_SCRAPE_CPU_P50_MS,
-        'target_met': loaded['server_cpu']['p50_ms'] < TARGET_SCRAPE_CPU_P50_MS,
+        'target_scrape_cpu_ms': {'p50': TARGET_SCRAPE_CPU_MS, 'p99': TARGET_SCRAPE_CPU_MS},
+        'target_met': (
+            loaded['server_cpu']['p50_ms'] < TARGET_SCRAPE_CPU_MS
+            and loaded['server_cpu']['p99_ms'] < TARGET_SCRAPE_CPU_MS
+        ),
         'machine': machine(load_before),
     }
     print(json.dumps(result))

@@ -11,19 +11,15 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from llnode.node.metrics import (
-    BucketCounts,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-    counter,
-    gauge,
-)
+from llnode.node.metrics import BucketCounts, Metric, counter, counters, gauge, gauges, info
+from llnode.schema import OperationMode
 
 if TYPE_CHECKING:
     from llnode.detector.deployment import ModelManager
     from llnode.detector.status_sync import StatusReporter
+
+#: the states of ``llnode_detector_operation_mode`` (listed once: iterating an enum at each scrape costs)
+OPERATION_MODES = tuple(mode.value for mode in OperationMode)
 
 #: upper bounds of the batch-size histogram (images per logic call)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -77,9 +73,11 @@ def model_families(models: ModelManager, model_format: str) -> Iterator[Metric]:
     """The serving model (info; none while no model serves), its queue, and the failed model updates."""
     active = models.active()
     if active is not None:
-        info = InfoMetricFamily('llnode_model', 'The model that serves: its version, model id and format')
-        info.add_metric([], {'version': active.version, 'model_id': active.info.id, 'format': model_format})
-        yield info
+        yield info(
+            'llnode_model',
+            'The model that serves: its version, model id and format',
+            {'version': active.version, 'model_id': active.info.id, 'format': model_format},
+        )
     yield gauge(
         'llnode_inference_queued_images',
         'Images waiting for the serving model',
@@ -93,12 +91,12 @@ def model_families(models: ModelManager, model_format: str) -> Iterator[Metric]:
 
 def outbox_families(stats: Mapping[str, Any]) -> Iterator[Metric]:
     """The outbox's queues and counters (``outbox.stats()``; they start again when ``/reset`` makes a new one)."""
-    queued = GaugeMetricFamily(
-        'llnode_outbox_queued_items', 'Items on disk waiting for upload, by queue', labels=['queue']
+    yield gauges(
+        'llnode_outbox_queued_items',
+        'Items on disk waiting for upload, by queue',
+        'queue',
+        {queue: stats.get(f'queued_{queue}', 0) for queue in ('priority', 'normal')},
     )
-    for queue in ('priority', 'normal'):
-        queued.add_metric([queue], stats.get(f'queued_{queue}', 0))
-    yield queued
     yield gauge(
         'llnode_outbox_pending_writes', 'Items handed to the outbox, not yet on disk', stats.get('pending_writes', 0)
     )
@@ -113,12 +111,12 @@ def outbox_families(stats: Mapping[str, Any]) -> Iterator[Metric]:
     yield counter(
         'llnode_outbox_rejected_items', 'Items the Loop refused for good (kept in rejected/)', stats.get('rejected', 0)
     )
-    dropped = CounterMetricFamily(
-        'llnode_outbox_dropped_items', 'Items dropped without upload, by reason', labels=['reason']
+    yield counters(
+        'llnode_outbox_dropped_items',
+        'Items dropped without upload, by reason',
+        'reason',
+        {str(reason): count for reason, count in sorted(dict(stats.get('dropped') or {}).items())},
     )
-    for reason, count in sorted(dict(stats.get('dropped') or {}).items()):
-        dropped.add_metric([str(reason)], count)
-    yield dropped
     yield counter(
         'llnode_outbox_upload_errors', 'Upload attempts that failed (retried later)', stats.get('upload_errors', 0)
     )
@@ -131,9 +129,9 @@ def loop_families(status: StatusReporter) -> Iterator[Metric]:
         '1 while the Loop is reachable (detectors: the last status sync succeeded)',
         int(status.last_ok is True),
     )
-    syncs = CounterMetricFamily(
-        'llnode_loop_status_syncs', 'Status syncs with the Loop, by outcome', labels=['outcome']
+    yield counters(
+        'llnode_loop_status_syncs',
+        'Status syncs with the Loop, by outcome',
+        'outcome',
+        {'sent': status.sent, 'failed': status.failed},
     )
-    syncs.add_metric(['sent'], status.sent)
-    syncs.add_metric(['failed'], status.failed)
-    yield syncs

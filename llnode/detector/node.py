@@ -36,7 +36,13 @@ from llnode.detector.batching import InferenceStopped
 from llnode.detector.deployment import UPDATE_ERROR_KEY, ActiveModel, ModelManager, ModelTarget, NotServing
 from llnode.detector.images import check_decodable, decode_image, keep_pillow_blocks, release_pillow_blocks
 from llnode.detector.logic import DetectorFactory
-from llnode.detector.metrics import InferenceMetrics, loop_families, model_families, outbox_families
+from llnode.detector.metrics import (
+    OPERATION_MODES,
+    InferenceMetrics,
+    loop_families,
+    model_families,
+    outbox_families,
+)
 from llnode.detector.model_store import ModelStore, RetryBackoff, is_version
 from llnode.detector.openapi import describe_detector
 from llnode.detector.options import check_autoupload, checked_tags
@@ -587,7 +593,7 @@ class DetectorNode(Node):
                 state_set(
                     'llnode_detector_operation_mode',
                     'The operation mode (only idle lets the model change)',
-                    [mode.value for mode in OperationMode],
+                    OPERATION_MODES,
                     self.operation_mode.value,
                 )
             ],

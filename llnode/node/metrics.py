@@ -8,24 +8,28 @@ Why this shape:
   the outbox, the model manager, the training machine) when Prometheus scrapes, so there is one source of truth
   and nothing to keep in step; only what the node did not count before (HTTP requests by route, batch and wait
   histograms) is counted here, with one lock and a few integer additions per event;
-- no ``_created`` series and few buckets: a scrape renders about a hundred lines in a few hundred microseconds
-  (``bench/metrics.py``).
+- no ``_created`` series and few buckets, families built once per content and each family's text rendered
+  again only when it changed (:mod:`llnode.node.metric_families`), and the process figures from cheap system
+  calls (:mod:`llnode.node.process_metrics`): a scrape of a busy detector costs about two thirds of a
+  millisecond of server CPU time at the median (``bench/metrics.py``).
 
 Names follow Prometheus' conventions: the ``llnode_`` prefix, base units (seconds, bytes), ``_total`` for counters
-(prometheus-client adds it), ``_info`` for info metrics. The process collector adds the usual ``process_*``
-figures. A node type adds its families in :meth:`Node.metric_families <llnode.node.node.Node.metric_families>`,
-each section through :meth:`Node.metrics_section <llnode.node.node.Node.metrics_section>`, so a section that
-fails is logged once and left out while the rest still answers.
+(prometheus-client adds it), ``_info`` for info metrics. :class:`~llnode.node.process_metrics.ProcessFigures`
+adds the usual ``process_*`` figures. A node type adds its families in
+:meth:`Node.metric_families <llnode.node.node.Node.metric_families>`, each section through
+:meth:`Node.metrics_section <llnode.node.node.Node.metrics_section>`, so a section that fails is logged once and
+left out while the rest still answers.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -36,6 +40,21 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from llnode import __version__
+from llnode.node.metric_families import (
+    Families,
+    FamilyTexts,
+    counter,
+    counters,
+    gauge,
+    gauges,
+    histogram,
+    info,
+    labelled_counter,
+    state_set,
+)
+from llnode.node.process_metrics import ProcessFigures
 
 if TYPE_CHECKING:
     import socketio
@@ -54,6 +73,7 @@ __all__ = [
     'METRICS_CONTENT_TYPE',
     'BucketCounts',
     'CounterMetricFamily',
+    'FamilyTexts',
     'GaugeMetricFamily',
     'HistogramMetricFamily',
     'InfoMetricFamily',
@@ -63,7 +83,12 @@ __all__ = [
     'RequestCounts',
     'StateSetMetricFamily',
     'counter',
+    'counters',
     'gauge',
+    'gauges',
+    'histogram',
+    'info',
+    'labelled_counter',
     'loop_link_families',
     'node_families',
     'socketio_families',
@@ -82,15 +107,19 @@ class BucketCounts:
         if not bounds or list(bounds) != sorted(set(bounds)):
             raise ValueError(f'bucket bounds must be increasing and unique, got {bounds!r}')
         self.bounds = tuple(float(bound) for bound in bounds)
+        self._bound_texts = (*(_bound_text(bound) for bound in self.bounds), '+Inf')  # the ``le`` labels
         self._lock = threading.Lock()
         self._counts = [0] * (len(self.bounds) + 1)
         self._sum = 0.0
+        self._observed = 0  # observations so far: the family of the last scrape still holds while it stays
+        self._last: tuple[tuple[str, str, str, int], HistogramMetricFamily] | None = None
 
     def observe(self, value: float) -> None:
         index = bisect.bisect_left(self.bounds, value)
         with self._lock:
             self._counts[index] += 1
             self._sum += value
+            self._observed += 1
 
     def observe_many(self, values: Iterable[float]) -> None:
         indices = [(bisect.bisect_left(self.bounds, value), value) for value in values]
@@ -98,6 +127,7 @@ class BucketCounts:
             for index, value in indices:
                 self._counts[index] += 1
                 self._sum += value
+            self._observed += len(indices)
 
     @property
     def count(self) -> int:
@@ -105,18 +135,20 @@ class BucketCounts:
             return sum(self._counts)
 
     def family(self, name: str, documentation: str, unit: str = '') -> HistogramMetricFamily:
+        """The histogram as it is now (the same family as at the last scrape while nothing was observed)."""
         with self._lock:
-            counts, total = list(self._counts), self._sum
-        cumulative, running = [], 0
-        for bound, count in zip((*self.bounds, float('inf')), counts, strict=True):
-            running += count
-            cumulative.append((_bound_text(bound), running))
-        return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=total, unit=unit)
+            key = (name, documentation, unit, self._observed)
+            last = self._last
+            if last is not None and last[0] == key:
+                return last[1]
+            counts, total = tuple(itertools.accumulate(self._counts)), self._sum
+        family = histogram(name, documentation, unit, tuple(zip(self._bound_texts, counts, strict=True)), total)
+        with self._lock:
+            self._last = (key, family)
+        return family
 
 
 def _bound_text(bound: float) -> str:
-    if bound == float('inf'):
-        return '+Inf'
     return repr(bound) if bound != int(bound) else f'{bound:.1f}'
 
 
@@ -139,12 +171,10 @@ class LabelledCounts:
             return self._counts.get(values, 0)
 
     def family(self) -> CounterMetricFamily:
+        """The counts as they are now (the same family as at the last scrape while none moved)."""
         with self._lock:
-            counts = sorted(self._counts.items())
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for values, count in counts:
-            family.add_metric(values, count)
-        return family
+            counts = tuple(sorted(self._counts.items()))
+        return labelled_counter(self.name, self.documentation, self.labels, counts)
 
 
 class RequestCounts:
@@ -180,34 +210,13 @@ class RequestCounts:
         yield gauge('llnode_http_requests_in_flight', 'HTTP requests the REST API is handling now', in_flight)
 
 
-def gauge(name: str, documentation: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
-    """A gauge family of one sample (with ``labels``, if given)."""
-    if labels:
-        family = GaugeMetricFamily(name, documentation, labels=list(labels))
-        family.add_metric(list(labels.values()), value)
-        return family
-    return GaugeMetricFamily(name, documentation, value=value)
-
-
-def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    """A counter family of one sample (``name`` without ``_total``; it is added)."""
-    return CounterMetricFamily(name, documentation, value=value)
-
-
-def state_set(name: str, documentation: str, states: Iterable[str], current: str) -> StateSetMetricFamily:
-    """An enum as a state set: one series per state, 1 for ``current``."""
-    family = StateSetMetricFamily(name, documentation)
-    family.add_metric([], {state: state == current for state in states})
-    return family
-
-
 def node_families(node: Node, states: Sequence[str], state: str, repeat: RepeatThread) -> Iterator[Metric]:
     """Every node's own families: what it is, its lifecycle state, the repeat cycle."""
-    from llnode import __version__
-
-    info = InfoMetricFamily('llnode_node', 'The node: its name, uuid, type and llnode version')
-    info.add_metric([], {'name': node.name, 'uuid': node.uuid, 'node_type': node.node_type, 'version': __version__})
-    yield info
+    yield info(
+        'llnode_node',
+        'The node: its name, uuid, type and llnode version',
+        {'name': node.name, 'uuid': node.uuid, 'node_type': node.node_type, 'version': __version__},
+    )
     yield state_set('llnode_node_state', "The node's lifecycle state", states, state)
     yield gauge('llnode_node_muted', '1 while the repeat cycle is muted (PUT /socketio off)', int(repeat.muted))
     yield counter('llnode_repeat_cycles', 'Repeat cycles run', repeat.cycles)
@@ -220,12 +229,12 @@ def socketio_families(sio: socketio.Server) -> Iterator[Metric]:
     for socket in list(sio.eio.sockets.values()):
         if not socket.closed:
             sessions['websocket' if socket.upgraded else 'polling'] += 1
-    family = GaugeMetricFamily(
-        'llnode_socketio_sessions', 'Open Socket.IO (engine.io) sessions of clients, by transport', labels=['transport']
+    yield gauges(
+        'llnode_socketio_sessions',
+        'Open Socket.IO (engine.io) sessions of clients, by transport',
+        'transport',
+        sessions,
     )
-    for transport, count in sessions.items():
-        family.add_metric([transport], count)
-    yield family
 
 
 def loop_link_families(link: LoopSocket | None) -> Iterator[Metric]:
@@ -249,17 +258,37 @@ class NodeMetrics:
     Socket.IO events clients sent, by event and outcome (``ok`` or ``error``; node types that serve events feed it).
     """
 
+    #: how many formats (content types) keep their families' texts; the ``Accept`` header picks one, and a
+    #: client could name endless versions
+    KEPT_FORMATS = 4
+
     def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = RequestCounts()
         self.events = LabelledCounts(
             'llnode_socketio_events', 'Socket.IO events of clients answered, by event and outcome', ('event', 'outcome')
         )
-        ProcessCollector(registry=self.registry)
+        self.registry.register(ProcessFigures())
         self.registry.register(_NodeCollector(families))
+        self._texts_lock = threading.Lock()
+        self._texts: dict[str, FamilyTexts | None] = {}  # by content type; None: the check failed, render whole
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """Every metric and its content type, as ``GET /metrics`` answers: Prometheus' text format 0.0.4, or
         the format the ``Accept`` header asks for (OpenMetrics, text 1.0.0), as prometheus-client negotiates it."""
         encode, content_type = choose_encoder(accept or '')
-        return encode(self.registry), content_type
+        with self._texts_lock:
+            known = content_type in self._texts
+            texts = self._texts.get(content_type)
+            room = len(self._texts) < self.KEPT_FORMATS
+        if known and texts is not None:
+            return texts.render(self.registry.collect()), content_type
+        if known or not room:  # a format whose texts cannot be kept: rendered whole, as prometheus-client does
+            return encode(self.registry), content_type
+        families = list(self.registry.collect())
+        texts = FamilyTexts(encode)
+        usable = texts.verify(families)
+        with self._texts_lock:
+            if len(self._texts) < self.KEPT_FORMATS:
+                self._texts.setdefault(content_type, texts if usable else None)
+        return (texts.render(families) if usable else encode(Families(families))), content_type

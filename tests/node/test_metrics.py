@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 
 from llnode.localloop import LocalLoop
 from llnode.node import Node
@@ -70,3 +71,24 @@ def test_each_node_has_its_own_registry(
     healthz = {'method': 'GET', 'route': '/healthz', 'status': '200'}
     assert value(scrape(one.url), 'llnode_http_requests_total', **healthz) == 4
     assert value(scrape(two.url), 'llnode_http_requests_total', **healthz) == 0
+
+
+def test_every_format_the_scraper_asks_for_parses_and_moves(
+    local_loop: LocalLoop, tmp_path: Path, serve: Callable[[Node, str], Served]
+) -> None:
+    """Prometheus asks for OpenMetrics first; each format keeps its own family texts, and each answer is whole."""
+    served = serve(build_node('node', local_loop, tmp_path / 'node'), 'werkzeug')
+    openmetrics = {'Accept': 'application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5'}
+    healthz = {'method': 'GET', 'route': '/healthz', 'status': '200'}
+    for count in (1, 2):
+        assert requests.get(f'{served.url}/healthz', timeout=5).status_code == 200
+        answer = requests.get(f'{served.url}/metrics', headers=openmetrics, timeout=5)
+        assert answer.headers['Content-Type'].startswith('application/openmetrics-text; version=1.0.0')
+        assert answer.text.endswith('# EOF\n') and answer.text.count('# EOF') == 1
+        samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in openmetrics_families(answer.text)
+            for sample in family.samples
+        }
+        assert samples[('llnode_http_requests_total', frozenset(healthz.items()))] == count
+        assert value(scrape(served.url), 'llnode_http_requests_total', **healthz) == count
