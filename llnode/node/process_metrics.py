@@ -120,16 +120,28 @@ class ProcessFigures(Collector):
         times = os.times()
         soft_fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         return [
-            gauge('process_virtual_memory_bytes', 'Virtual memory size in bytes.', int(pages[0]) * self._page_size),
-            gauge('process_resident_memory_bytes', 'Resident memory size in bytes.', int(pages[1]) * self._page_size),
-            gauge('process_start_time_seconds', 'Start time of the process since unix epoch in seconds.', start_time),
-            counter(
-                'process_cpu_seconds', 'Total user and system CPU time spent in seconds.', times.user + times.system
+            gauge(
+                'process_virtual_memory_bytes',
+                'Virtual memory of this process, in bytes',
+                int(pages[0]) * self._page_size,
             ),
-            gauge('process_open_fds', 'Number of open file descriptors.', open_fds),
+            gauge(
+                'process_resident_memory_bytes',
+                'Memory of this process resident in RAM, in bytes',
+                int(pages[1]) * self._page_size,
+            ),
+            gauge(
+                'process_start_time_seconds', 'When this process started, in seconds since the Unix epoch', start_time
+            ),
+            counter(
+                'process_cpu_seconds',
+                'CPU time this process spent, user and system, in seconds',
+                times.user + times.system,
+            ),
+            gauge('process_open_fds', 'File descriptors this process has open', open_fds),
             gauge(
                 'process_max_fds',
-                'Maximum number of open file descriptors.',
+                'Most file descriptors this process may open (its soft limit)',
                 float('inf') if soft_fd_limit == resource.RLIM_INFINITY else soft_fd_limit,
             ),
         ]
