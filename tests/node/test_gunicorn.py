@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -18,6 +21,7 @@ import requests
 from llnode.config import Settings
 from llnode.node import Node
 from llnode.node.admission import ServingLimits
+from llnode.node.gunicorn_serving import _TimedSocket
 from tests.detector.node_helpers import jpeg_bytes, raw_dict
 from tests.node.served_process import REPO, ServedProcess
 from tests.polling import wait_for
@@ -60,6 +64,55 @@ def test_headers_with_underscores_reach_the_node_as_on_the_other_servers(tmp_pat
         assert created({'creation_date': '2024-01-01T00:00:00'}) == '2024-01-01T00:00:00'
         assert created({'creation_date': 'under', 'creation-date': '2024-02-02T00:00:00'}) == '2024-02-02T00:00:00'
         assert created({'x_other': '1'})  # an underscore header nobody asked for is dropped without harm
+    finally:
+        assert node.stop() == 0
+
+
+def _arrives(sock: socket.socket, within_s: float) -> bool:
+    return bool(select.select([sock], [], [], within_s)[0])
+
+
+@pytest.mark.skipif(not hasattr(socket, 'MSG_MORE'), reason='heads are held with MSG_MORE (Linux)')
+def test_an_answers_head_leaves_with_its_body_and_a_head_without_one_is_pushed() -> None:
+    with socket.create_server(('127.0.0.1', 0)) as listener:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as gunicorn's listener
+        with socket.create_connection(listener.getsockname()[:2], timeout=5) as client:
+            accepted, _ = listener.accept()
+            with _TimedSocket(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach()) as server:
+                head = b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n'
+                server.sendall(head)
+                assert not _arrives(client, 0.05)  # held for its body (the kernel holds it 200 ms at most)
+                server.sendall(b'{}')
+                assert _arrives(client, 1.0)
+                assert client.recv(1024) == head + b'{}'
+
+                server.sendall(head.replace(b'2', b'0'))  # an empty body: gunicorn writes nothing after the head
+                server.sendall(b'')
+                server.push()  # as the worker does after every request
+                assert _arrives(client, 0.1)  # well before the kernel's 200 ms
+                assert client.recv(1024) == head.replace(b'2', b'0')
+
+                upgrade = b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'
+                server.sendall(upgrade)  # announces no body: sent at once
+                assert _arrives(client, 0.1)
+                assert client.recv(1024) == upgrade
+
+
+def test_answers_without_a_body_are_not_held_on_a_kept_alive_connection(tmp_path: Path) -> None:
+    node = ServedProcess('gunicorn', tmp_path / 'data')
+    try:
+        with requests.Session() as session:
+            about = session.get(f'{node.url}/about', timeout=5)
+            assert about.status_code == 200 and about.json()
+            took = []
+            for _ in range(5):
+                started = time.monotonic()
+                answer = session.head(f'{node.url}/about', timeout=5)
+                took.append(time.monotonic() - started)
+                assert answer.status_code == 200 and answer.content == b''
+                assert answer.headers['Content-Length'] == about.headers['Content-Length']
+            assert statistics.median(took) < 0.1, took  # a held head would leave after 200 ms
+            assert session.get(f'{node.url}/about', timeout=5).status_code == 200  # the connection goes on
     finally:
         assert node.stop() == 0
 
