@@ -183,6 +183,8 @@ class _TimedSocket(socket.socket):
     timed_out = False
     #: Set while a response head waits in the kernel for its body (:meth:`sendall`).
     holding = False
+    #: Set while the connection is blocking without a timeout, as last set through this object.
+    plain_blocking = False
 
     def set_read_timeout(self, seconds: float | None) -> None:
         if seconds:
@@ -190,6 +192,22 @@ class _TimedSocket(socket.socket):
             self.setsockopt(
                 socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack('ll', whole, int((seconds - whole) * 1e6))
             )
+
+    def setblocking(self, flag: bool) -> None:
+        """``socket.setblocking``, without a system call when the connection is blocking already: gthread and
+        gunicorn's parser ask for blocking mode twice per request, and each call releases the GIL, which costs
+        the thread a switch when other threads wait for it (8 busy clients)."""
+        if flag and self.plain_blocking:
+            return
+        super().setblocking(flag)
+        self.plain_blocking = bool(flag)
+
+    def settimeout(self, value: float | None) -> None:
+        """``socket.settimeout``, without a system call when it sets the blocking mode the connection has."""
+        if value is None and self.plain_blocking:
+            return
+        super().settimeout(value)
+        self.plain_blocking = value is None
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         """``socket.sendall``, but a response head that announces a body is sent with ``MSG_MORE``: the kernel

@@ -98,6 +98,34 @@ def test_an_answers_head_leaves_with_its_body_and_a_head_without_one_is_pushed()
                 assert client.recv(1024) == upgrade
 
 
+def test_a_connection_keeps_the_blocking_mode_and_timeouts_it_was_given() -> None:
+    with (
+        socket.create_server(('127.0.0.1', 0)) as listener,
+        socket.create_connection(listener.getsockname()[:2], timeout=5) as client,
+    ):
+        accepted, _ = listener.accept()
+        with _TimedSocket(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach()) as server:
+            server.setblocking(False)  # as gthread's poller
+            with pytest.raises(BlockingIOError):
+                server.recv(10)
+            server.setblocking(True)  # as gthread's thread, twice per request
+            server.setblocking(True)
+            assert server.gettimeout() is None
+            server.settimeout(0.05)  # as gunicorn's drain of an unread body
+            assert server.gettimeout() == 0.05
+            with pytest.raises(TimeoutError):
+                server.recv(10)
+            server.settimeout(None)
+            server.settimeout(None)
+            client.sendall(b'x')
+            assert server.recv(10) == b'x'  # blocking again
+            server.set_read_timeout(0.05)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                server.recv(10)  # the kernel's read timeout, in blocking mode
+            assert time.monotonic() - started < 2.0
+
+
 def test_answers_without_a_body_are_not_held_on_a_kept_alive_connection(tmp_path: Path) -> None:
     node = ServedProcess('gunicorn', tmp_path / 'data')
     try:
