@@ -52,6 +52,10 @@ FORCED_EXIT_CODE = 1
 #: before handing the connection back to the poller.
 NEXT_REQUEST_WAIT_S = 0.002
 
+#: Most bytes the first read of a request takes: its head and, for a camera image, its whole body (gunicorn's
+#: parser reads 8 KiB, then the rest of the body: a second ``recv``, and a second release of the GIL, per request).
+FIRST_READ_BYTES = 64 * 1024
+
 #: Longest wait, in the worker's main loop, for a client to close after a connection's last answer.
 GRACEFUL_CLOSE_S = 0.1
 
@@ -129,6 +133,9 @@ class _NodeConn(TConn):
         super().init()
         if fresh and self.parser is not None and hasattr(self.parser, 'mesg_class'):
             self.parser.mesg_class = _NodeRequest
+            unreader: Any = getattr(self.parser, 'unreader', None)
+            if isinstance(getattr(unreader, 'mxchunk', None), int):  # a socket's (gunicorn's SocketUnreader)
+                unreader.mxchunk = max(unreader.mxchunk, FIRST_READ_BYTES)
 
 
 def underscore_header_app(app: Any, names: Iterable[str]) -> Any:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -141,8 +142,37 @@ def test_answers_without_a_body_are_not_held_on_a_kept_alive_connection(tmp_path
                 assert answer.headers['Content-Length'] == about.headers['Content-Length']
             assert statistics.median(took) < 0.1, took  # a held head would leave after 200 ms
             assert session.get(f'{node.url}/about', timeout=5).status_code == 200  # the connection goes on
+        # Two requests in one write: the first read takes both (and an image's body), the second is answered too.
+        host, port = node.url.removeprefix('http://').rsplit(':', 1)
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            detect = _detect_request(jpeg_bytes())
+            raw.sendall(detect + b'GET /about HTTP/1.1\r\nHost: x\r\n\r\n')
+            stream = raw.makefile('rb')
+            first, second = _answer(stream), _answer(stream)
+        assert first[0] == 200 and b'box_detections' in first[1]
+        assert second == (200, about.content)
     finally:
         assert node.stop() == 0
+
+
+def _detect_request(jpeg: bytes) -> bytes:
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        + jpeg
+        + b'\r\n--b--\r\n'
+    )
+    head = f'POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}'
+    return head.encode() + b'\r\n\r\n' + body
+
+
+def _answer(stream: Any) -> tuple[int, bytes]:
+    status = int(stream.readline().split()[1])
+    length = 0
+    while (line := stream.readline()) != b'\r\n':
+        name, _, value = line.decode().partition(':')
+        if name.lower() == 'content-length':
+            length = int(value)
+    return status, stream.read(length)
 
 
 def test_a_users_own_gunicorn_command_line_runs_the_node_with_the_hooks(tmp_path: Path) -> None:
