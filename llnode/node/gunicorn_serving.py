@@ -192,6 +192,8 @@ class _TimedSocket(socket.socket):
     holding = False
     #: Set while the connection is blocking without a timeout, as last set through this object.
     plain_blocking = False
+    #: A timeout asked for while blocking, set at the next read or write (:meth:`settimeout`).
+    pending_timeout: float | None = None
 
     def set_read_timeout(self, seconds: float | None) -> None:
         if seconds:
@@ -204,23 +206,58 @@ class _TimedSocket(socket.socket):
         """``socket.setblocking``, without a system call when the connection is blocking already: gthread and
         gunicorn's parser ask for blocking mode twice per request, and each call releases the GIL, which costs
         the thread a switch when other threads wait for it (8 busy clients)."""
+        self.pending_timeout = None
         if flag and self.plain_blocking:
             return
         super().setblocking(flag)
         self.plain_blocking = bool(flag)
 
     def settimeout(self, value: float | None) -> None:
-        """``socket.settimeout``, without a system call when it sets the blocking mode the connection has."""
-        if value is None and self.plain_blocking:
+        """``socket.settimeout``, without a system call when it sets the blocking mode the connection has, and
+        with a timeout asked for on a blocking connection set only at the next read or write: gunicorn bounds
+        the drain of a body's unread rest by one after every request, and then neither reads nor writes when the
+        application read the whole body (two system calls, each releasing the GIL, for nothing)."""
+        if value is None:
+            self.pending_timeout = None
+            if self.plain_blocking:
+                return
+        elif self.plain_blocking and isinstance(value, (int, float)) and value > 0:
+            self.pending_timeout = float(value)
             return
+        self.pending_timeout = None
         super().settimeout(value)
         self.plain_blocking = value is None
+
+    def gettimeout(self) -> float | None:
+        pending = self.pending_timeout
+        return pending if pending is not None else super().gettimeout()
+
+    def _apply_pending_timeout(self) -> None:
+        """Set the timeout :meth:`settimeout` left for the next read or write (every read and write calls it)."""
+        pending, self.pending_timeout = self.pending_timeout, None
+        if pending is not None:
+            super().settimeout(pending)
+            self.plain_blocking = False
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._apply_pending_timeout()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._apply_pending_timeout()
+        return super().send(data, flags)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        self._apply_pending_timeout()
+        return super().sendfile(file, offset, count)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         """``socket.sendall``, but a response head that announces a body is sent with ``MSG_MORE``: the kernel
         holds it and sends it in one segment with the body gunicorn writes next, instead of a segment of its own
         (one packet and one wake-up of the client fewer per answer). The bytes and their order stay as written;
         the next non-empty write sends both, and :meth:`push` sends a head that no body followed."""
+        if self.pending_timeout is not None:
+            self._apply_pending_timeout()
         if not flags and _head_with_body(data):
             super().sendall(data, _MSG_MORE)
             self.holding = True
@@ -238,6 +275,8 @@ class _TimedSocket(socket.socket):
                 self.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # pushes what is queued (Linux)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if self.pending_timeout is not None:
+            self._apply_pending_timeout()
         try:
             return super().recv(bufsize, flags)
         except BlockingIOError:

@@ -112,7 +112,7 @@ def test_a_connection_keeps_the_blocking_mode_and_timeouts_it_was_given() -> Non
             server.setblocking(True)  # as gthread's thread, twice per request
             server.setblocking(True)
             assert server.gettimeout() is None
-            server.settimeout(0.05)  # as gunicorn's drain of an unread body
+            server.settimeout(0.05)  # as gunicorn's drain of an unread body (set at the next read or write)
             assert server.gettimeout() == 0.05
             with pytest.raises(TimeoutError):
                 server.recv(10)
@@ -120,6 +120,16 @@ def test_a_connection_keeps_the_blocking_mode_and_timeouts_it_was_given() -> Non
             server.settimeout(None)
             client.sendall(b'x')
             assert server.recv(10) == b'x'  # blocking again
+            server.settimeout(0.05)
+            server.settimeout(None)  # the drain read nothing: blocking as before
+            assert server.gettimeout() is None
+            client.sendall(b'y')
+            assert server.recv(10) == b'y'
+            server.settimeout(0.05)
+            buffer = bytearray(10)
+            with pytest.raises(TimeoutError):
+                server.recv_into(buffer)
+            server.setblocking(True)
             server.set_read_timeout(0.05)
             started = time.monotonic()
             with pytest.raises(TimeoutError):
