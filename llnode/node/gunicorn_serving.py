@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import queue
@@ -75,15 +76,30 @@ class NodeThreadWorker(ThreadWorker):
         """gthread's ``handle``, and the next request of a kept-alive connection in the same thread when it comes
         within :data:`NEXT_REQUEST_WAIT_S` (a client sending request after request); otherwise the connection
         goes back to the poller as usual. It saves handing the connection to the main loop and back (a pipe
-        write, two ``epoll_ctl`` and two thread switches per request)."""
+        write, two ``epoll_ctl`` and two thread switches per request). The wait is a ``recv`` of the request's
+        start (:meth:`_TimedSocket.recv_next_request`), handed to gunicorn's parser."""
         while True:
             result = super().handle(conn)
             if isinstance(conn.sock, _TimedSocket):
                 conn.sock.push()
             if result is not True or not self.alive or not conn.initialized or conn.is_http2:
                 return result
-            if not conn.parser.unreader.buf.getvalue() and not _readable(conn.sock, NEXT_REQUEST_WAIT_S):
-                return result
+            if conn.parser.unreader.buf.getvalue():
+                continue  # the next request was read with this one
+            sock = conn.sock
+            if not isinstance(sock, _TimedSocket) or not sock.plain_blocking:
+                if not _readable(sock, NEXT_REQUEST_WAIT_S):
+                    return result
+                continue
+            try:
+                start = sock.recv_next_request(NEXT_REQUEST_WAIT_S)
+            except OSError:
+                return False  # the client reset the connection
+            if start is None:
+                return result  # none came: back to the poller
+            if not start:
+                return False  # the client closed the connection
+            conn.parser.unreader.unread(start)
 
     def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
         if getattr(conn.sock, 'timed_out', False):
@@ -174,6 +190,13 @@ def _head_with_body(data: Any) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _timeval(seconds: float) -> bytes:
+    """``seconds`` as the ``struct timeval`` that ``SO_RCVTIMEO`` takes."""
+    whole = int(seconds)
+    return struct.pack('ll', whole, int((seconds - whole) * 1e6))
+
+
 def _readable(sock: socket.socket, timeout: float) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
@@ -195,12 +218,26 @@ class _TimedSocket(socket.socket):
     #: A timeout asked for while blocking, set at the next read or write (:meth:`settimeout`).
     pending_timeout: float | None = None
 
+    #: ``SO_RCVTIMEO`` as :meth:`set_read_timeout` set it (zero: reads wait for ever).
+    read_timeout = _timeval(0.0)
+
     def set_read_timeout(self, seconds: float | None) -> None:
         if seconds:
-            whole = int(seconds)
-            self.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack('ll', whole, int((seconds - whole) * 1e6))
-            )
+            self.read_timeout = _timeval(seconds)
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.read_timeout)
+
+    def recv_next_request(self, wait_s: float) -> bytes | None:
+        """The first bytes of the client's next request (up to :data:`FIRST_READ_BYTES`; empty if the client
+        closed) if they come within ``wait_s``, else None. One ``recv`` with the kernel's read timeout shortened
+        for it, instead of a ``poll`` and then a ``recv``: setting the timeout does not release the GIL, and
+        each ``poll`` or ``recv`` does (a thread switch when other threads wait for it)."""
+        self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(wait_s))
+        try:
+            return super().recv(FIRST_READ_BYTES)  # not self.recv: an empty wait is no read timeout
+        except (BlockingIOError, TimeoutError):
+            return None
+        finally:
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.read_timeout)
 
     def setblocking(self, flag: bool) -> None:
         """``socket.setblocking``, without a system call when the connection is blocking already: gthread and

@@ -137,6 +137,28 @@ def test_a_connection_keeps_the_blocking_mode_and_timeouts_it_was_given() -> Non
             assert time.monotonic() - started < 2.0
 
 
+def test_the_wait_for_a_kept_alive_clients_next_request_leaves_the_read_timeout_as_it_was() -> None:
+    with (
+        socket.create_server(('127.0.0.1', 0)) as listener,
+        socket.create_connection(listener.getsockname()[:2], timeout=5) as client,
+    ):
+        accepted, _ = listener.accept()
+        with _TimedSocket(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach()) as server:
+            server.set_read_timeout(0.5)
+            server.setblocking(True)
+            assert server.recv_next_request(0.01) is None  # none came: back to the poller
+            assert not server.timed_out
+            client.sendall(b'GET / HTTP/1.1\r\n')
+            assert _arrives(server, 1.0)
+            assert server.recv_next_request(0.01) == b'GET / HTTP/1.1\r\n'
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                server.recv(10)  # the rest of the request never comes: the read timeout, not the short wait
+            assert time.monotonic() - started > 0.3
+            client.close()
+            assert server.recv_next_request(1.0) == b''  # the client closed
+
+
 def test_answers_without_a_body_are_not_held_on_a_kept_alive_connection(tmp_path: Path) -> None:
     node = ServedProcess('gunicorn', tmp_path / 'data')
     try:
