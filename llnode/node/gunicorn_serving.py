@@ -266,6 +266,7 @@ class _TimedSocket(socket.socket):
         self.plain_blocking = value is None
 
     def gettimeout(self) -> float | None:
+        """``socket.gettimeout``, a timeout :meth:`settimeout` left for the next read or write included."""
         pending = self.pending_timeout
         return pending if pending is not None else super().gettimeout()
 
