@@ -5,8 +5,10 @@ The calling process becomes gunicorn's master (:class:`NodeArbiter`); it binds t
 ``OSError`` before anything forks), forks one worker and supervises it. The worker runs the node (the hooks of
 :mod:`llnode.node.gunicorn_hooks` start it after the fork, so its threads, model, outbox and Loop link live
 there and nothing touched CUDA before) and serves with :class:`NodeThreadWorker`: gthread with a pool that
-grows with the connections and shrinks when idle, SIGINT handled like SIGTERM (a warm stop), and a read
-timeout on every connection, so a client that stops sending in the middle of a request frees its thread.
+grows with the connections and shrinks when idle, SIGINT handled like SIGTERM (a warm stop), a read timeout
+on every connection, so a client that stops sending in the middle of a request frees its thread, and each
+answer's head sent in one segment with its body (gunicorn writes them apart: a segment more, and a wake-up of
+the client more, per request).
 
 The master differs from gunicorn's own in what a worker's end means: the worker ends when the node ends, so
 the master stops too and returns the worker's exit code (a restart request's code included) instead of forking
@@ -16,7 +18,9 @@ a new worker. SIGINT or SIGTERM stop the worker warmly (exit code 0); a second o
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import logging
 import os
 import queue
@@ -49,6 +53,10 @@ FORCED_EXIT_CODE = 1
 #: before handing the connection back to the poller.
 NEXT_REQUEST_WAIT_S = 0.002
 
+#: Most bytes the first read of a request takes: its head and, for a camera image, its whole body (gunicorn's
+#: parser reads 8 KiB, then the rest of the body: a second ``recv``, and a second release of the GIL, per request).
+FIRST_READ_BYTES = 64 * 1024
+
 #: Longest wait, in the worker's main loop, for a client to close after a connection's last answer.
 GRACEFUL_CLOSE_S = 0.1
 
@@ -68,13 +76,30 @@ class NodeThreadWorker(ThreadWorker):
         """gthread's ``handle``, and the next request of a kept-alive connection in the same thread when it comes
         within :data:`NEXT_REQUEST_WAIT_S` (a client sending request after request); otherwise the connection
         goes back to the poller as usual. It saves handing the connection to the main loop and back (a pipe
-        write, two ``epoll_ctl`` and two thread switches per request)."""
+        write, two ``epoll_ctl`` and two thread switches per request). The wait is a ``recv`` of the request's
+        start (:meth:`_TimedSocket.recv_next_request`), handed to gunicorn's parser."""
         while True:
             result = super().handle(conn)
+            if isinstance(conn.sock, _TimedSocket):
+                conn.sock.push()
             if result is not True or not self.alive or not conn.initialized or conn.is_http2:
                 return result
-            if not conn.parser.unreader.buf.getvalue() and not _readable(conn.sock, NEXT_REQUEST_WAIT_S):
-                return result
+            if conn.parser.unreader.buf.getvalue():
+                continue  # the next request was read with this one
+            sock = conn.sock
+            if not isinstance(sock, _TimedSocket) or not sock.plain_blocking:
+                if not _readable(sock, NEXT_REQUEST_WAIT_S):
+                    return result
+                continue
+            try:
+                start = sock.recv_next_request(NEXT_REQUEST_WAIT_S)
+            except OSError:
+                return False  # the client reset the connection
+            if start is None:
+                return result  # none came: back to the poller
+            if not start:
+                return False  # the client closed the connection
+            conn.parser.unreader.unread(start)
 
     def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
         if getattr(conn.sock, 'timed_out', False):
@@ -124,6 +149,9 @@ class _NodeConn(TConn):
         super().init()
         if fresh and self.parser is not None and hasattr(self.parser, 'mesg_class'):
             self.parser.mesg_class = _NodeRequest
+            unreader: Any = getattr(self.parser, 'unreader', None)
+            if isinstance(getattr(unreader, 'mxchunk', None), int):  # a socket's (gunicorn's SocketUnreader)
+                unreader.mxchunk = max(unreader.mxchunk, FIRST_READ_BYTES)
 
 
 def underscore_header_app(app: Any, names: Iterable[str]) -> Any:
@@ -146,6 +174,29 @@ def underscore_header_app(app: Any, names: Iterable[str]) -> Any:
     return with_underscore_headers
 
 
+#: ``MSG_MORE`` where the platform has it (Linux); elsewhere a head is sent on its own, as gunicorn does.
+_MSG_MORE = getattr(socket, 'MSG_MORE', 0)
+
+
+def _head_with_body(data: Any) -> bool:
+    """Whether ``data`` is a whole HTTP/1 response head that announces a body by its length, as gunicorn's
+    ``Response.send_headers`` writes it right before the body."""
+    return (
+        _MSG_MORE != 0
+        and isinstance(data, bytes)
+        and data.startswith(b'HTTP/1.')
+        and data.endswith(b'\r\n\r\n')
+        and b'\r\ncontent-length:' in data.lower()
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _timeval(seconds: float) -> bytes:
+    """``seconds`` as the ``struct timeval`` that ``SO_RCVTIMEO`` takes."""
+    whole = int(seconds)
+    return struct.pack('ll', whole, int((seconds - whole) * 1e6))
+
+
 def _readable(sock: socket.socket, timeout: float) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
@@ -155,19 +206,115 @@ def _readable(sock: socket.socket, timeout: float) -> bool:
 class _TimedSocket(socket.socket):
     """A connection whose blocking reads give up after ``read_timeout_s`` of silence (the kernel's
     ``SO_RCVTIMEO``, which survives gthread's switches between non-blocking mode in its poller and blocking mode
-    in a thread, and costs no extra system call per read as a Python-level timeout does)."""
+    in a thread, and costs no extra system call per read as a Python-level timeout does), and whose answers
+    leave in one segment, head and body together (:meth:`sendall`)."""
 
     #: Set once a read timed out: the connection is closed after its answer, never kept alive.
     timed_out = False
+    #: Set while a response head waits in the kernel for its body (:meth:`sendall`).
+    holding = False
+    #: Set while the connection is blocking without a timeout, as last set through this object.
+    plain_blocking = False
+    #: A timeout asked for while blocking, set at the next read or write (:meth:`settimeout`).
+    pending_timeout: float | None = None
+
+    #: ``SO_RCVTIMEO`` as :meth:`set_read_timeout` set it (zero: reads wait for ever).
+    read_timeout = _timeval(0.0)
 
     def set_read_timeout(self, seconds: float | None) -> None:
         if seconds:
-            whole = int(seconds)
-            self.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack('ll', whole, int((seconds - whole) * 1e6))
-            )
+            self.read_timeout = _timeval(seconds)
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.read_timeout)
+
+    def recv_next_request(self, wait_s: float) -> bytes | None:
+        """The first bytes of the client's next request (up to :data:`FIRST_READ_BYTES`; empty if the client
+        closed) if they come within ``wait_s``, else None. One ``recv`` with the kernel's read timeout shortened
+        for it, instead of a ``poll`` and then a ``recv``: setting the timeout does not release the GIL, and
+        each ``poll`` or ``recv`` does (a thread switch when other threads wait for it)."""
+        self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(wait_s))
+        try:
+            return super().recv(FIRST_READ_BYTES)  # not self.recv: an empty wait is no read timeout
+        except (BlockingIOError, TimeoutError):
+            return None
+        finally:
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.read_timeout)
+
+    def setblocking(self, flag: bool) -> None:
+        """``socket.setblocking``, without a system call when the connection is blocking already: gthread and
+        gunicorn's parser ask for blocking mode twice per request, and each call releases the GIL, which costs
+        the thread a switch when other threads wait for it (8 busy clients)."""
+        self.pending_timeout = None
+        if flag and self.plain_blocking:
+            return
+        super().setblocking(flag)
+        self.plain_blocking = bool(flag)
+
+    def settimeout(self, value: float | None) -> None:
+        """``socket.settimeout``, without a system call when it sets the blocking mode the connection has, and
+        with a timeout asked for on a blocking connection set only at the next read or write: gunicorn bounds
+        the drain of a body's unread rest by one after every request, and then neither reads nor writes when the
+        application read the whole body (two system calls, each releasing the GIL, for nothing)."""
+        if value is None:
+            self.pending_timeout = None
+            if self.plain_blocking:
+                return
+        elif self.plain_blocking and isinstance(value, (int, float)) and value > 0:
+            self.pending_timeout = float(value)
+            return
+        self.pending_timeout = None
+        super().settimeout(value)
+        self.plain_blocking = value is None
+
+    def gettimeout(self) -> float | None:
+        """``socket.gettimeout``, a timeout :meth:`settimeout` left for the next read or write included."""
+        pending = self.pending_timeout
+        return pending if pending is not None else super().gettimeout()
+
+    def _apply_pending_timeout(self) -> None:
+        """Set the timeout :meth:`settimeout` left for the next read or write (every read and write calls it)."""
+        pending, self.pending_timeout = self.pending_timeout, None
+        if pending is not None:
+            super().settimeout(pending)
+            self.plain_blocking = False
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._apply_pending_timeout()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._apply_pending_timeout()
+        return super().send(data, flags)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        self._apply_pending_timeout()
+        return super().sendfile(file, offset, count)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        """``socket.sendall``, but a response head that announces a body is sent with ``MSG_MORE``: the kernel
+        holds it and sends it in one segment with the body gunicorn writes next, instead of a segment of its own
+        (one packet and one wake-up of the client fewer per answer). The bytes and their order stay as written;
+        the next non-empty write sends both, and :meth:`push` sends a head that no body followed."""
+        if self.pending_timeout is not None:
+            self._apply_pending_timeout()
+        if not flags and _head_with_body(data):
+            super().sendall(data, _MSG_MORE)
+            self.holding = True
+            return
+        super().sendall(data, flags)
+        if data:
+            self.holding = False
+
+    def push(self) -> None:
+        """Send a held head now (the worker calls it after each request: a ``HEAD`` request or an empty body
+        writes nothing after the head, and the kernel would hold it up to 200 ms)."""
+        if self.holding:
+            self.holding = False
+            with contextlib.suppress(OSError):  # the connection is gone: nothing left to send
+                self.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # pushes what is queued (Linux)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if self.pending_timeout is not None:
+            self._apply_pending_timeout()
         try:
             return super().recv(bufsize, flags)
         except BlockingIOError:
