@@ -24,7 +24,6 @@ import functools
 import logging
 import os
 import queue
-import select
 import signal
 import socket
 import struct
@@ -43,6 +42,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from llnode.node import gunicorn_hooks
 from llnode.node.threadpool import ElasticThreadPool
+from llnode.node.websocket_connection import readable
 
 logger = logging.getLogger('llnode.node.http')
 
@@ -88,7 +88,7 @@ class NodeThreadWorker(ThreadWorker):
                 continue  # the next request was read with this one
             sock = conn.sock
             if not isinstance(sock, _TimedSocket) or not sock.plain_blocking:
-                if not _readable(sock, NEXT_REQUEST_WAIT_S):
+                if not readable(sock, NEXT_REQUEST_WAIT_S):
                     return result
                 continue
             try:
@@ -195,12 +195,6 @@ def _timeval(seconds: float) -> bytes:
     """``seconds`` as the ``struct timeval`` that ``SO_RCVTIMEO`` takes."""
     whole = int(seconds)
     return struct.pack('ll', whole, int((seconds - whole) * 1e6))
-
-
-def _readable(sock: socket.socket, timeout: float) -> bool:
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(timeout * 1000))
 
 
 class _TimedSocket(socket.socket):

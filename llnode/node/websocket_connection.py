@@ -100,7 +100,7 @@ class MessageSizedServer(simple_websocket.Server):
         ``close()`` from another thread, by a read timeout or a broken connection), as simple-websocket does."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.connected and not self.input_buffer:
-            if deadline is not None and not _readable(self.sock, deadline - time.monotonic()):
+            if deadline is not None and not readable(self.sock, deadline - time.monotonic()):
                 return None
             try:
                 data = self.sock.recv(self.receive_bytes)
@@ -134,7 +134,7 @@ class MessageSizedServer(simple_websocket.Server):
         self._idle_receive_bytes = value
 
 
-def _readable(sock: socket.socket, timeout: float) -> bool:
+def readable(sock: socket.socket, timeout: float) -> bool:
     """Whether ``sock`` has bytes (or an end) to read within ``timeout`` seconds."""
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,90 +75,89 @@ def _arrives(sock: socket.socket, within_s: float) -> bool:
     return bool(select.select([sock], [], [], within_s)[0])
 
 
-@pytest.mark.skipif(not hasattr(socket, 'MSG_MORE'), reason='heads are held with MSG_MORE (Linux)')
-def test_an_answers_head_leaves_with_its_body_and_a_head_without_one_is_pushed() -> None:
+@contextlib.contextmanager
+def _timed_pair(*, nodelay: bool = False) -> Iterator[tuple[socket.socket, _TimedSocket]]:
+    """A loopback client and the server's end of its connection as the worker wraps it (``nodelay``: the
+    listener sets ``TCP_NODELAY``, as gunicorn's does)."""
     with socket.create_server(('127.0.0.1', 0)) as listener:
-        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as gunicorn's listener
+        if nodelay:
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with socket.create_connection(listener.getsockname()[:2], timeout=5) as client:
             accepted, _ = listener.accept()
             with _TimedSocket(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach()) as server:
-                head = b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n'
-                server.sendall(head)
-                assert not _arrives(client, 0.05)  # held for its body (the kernel holds it 200 ms at most)
-                server.sendall(b'{}')
-                assert _arrives(client, 1.0)
-                assert client.recv(1024) == head + b'{}'
+                yield client, server
 
-                server.sendall(head.replace(b'2', b'0'))  # an empty body: gunicorn writes nothing after the head
-                server.sendall(b'')
-                server.push()  # as the worker does after every request
-                assert _arrives(client, 0.1)  # well before the kernel's 200 ms
-                assert client.recv(1024) == head.replace(b'2', b'0')
 
-                upgrade = b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'
-                server.sendall(upgrade)  # announces no body: sent at once
-                assert _arrives(client, 0.1)
-                assert client.recv(1024) == upgrade
+@pytest.mark.skipif(not hasattr(socket, 'MSG_MORE'), reason='heads are held with MSG_MORE (Linux)')
+def test_an_answers_head_leaves_with_its_body_and_a_head_without_one_is_pushed() -> None:
+    with _timed_pair(nodelay=True) as (client, server):
+        head = b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n'
+        server.sendall(head)
+        assert not _arrives(client, 0.05)  # held for its body (the kernel holds it 200 ms at most)
+        server.sendall(b'{}')
+        assert _arrives(client, 1.0)
+        assert client.recv(1024) == head + b'{}'
+
+        server.sendall(head.replace(b'2', b'0'))  # an empty body: gunicorn writes nothing after the head
+        server.sendall(b'')
+        server.push()  # as the worker does after every request
+        assert _arrives(client, 0.1)  # well before the kernel's 200 ms
+        assert client.recv(1024) == head.replace(b'2', b'0')
+
+        upgrade = b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'
+        server.sendall(upgrade)  # announces no body: sent at once
+        assert _arrives(client, 0.1)
+        assert client.recv(1024) == upgrade
 
 
 def test_a_connection_keeps_the_blocking_mode_and_timeouts_it_was_given() -> None:
-    with (
-        socket.create_server(('127.0.0.1', 0)) as listener,
-        socket.create_connection(listener.getsockname()[:2], timeout=5) as client,
-    ):
-        accepted, _ = listener.accept()
-        with _TimedSocket(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach()) as server:
-            server.setblocking(False)  # as gthread's poller
-            with pytest.raises(BlockingIOError):
-                server.recv(10)
-            server.setblocking(True)  # as gthread's thread, twice per request
-            server.setblocking(True)
-            assert server.gettimeout() is None
-            server.settimeout(0.05)  # as gunicorn's drain of an unread body (set at the next read or write)
-            assert server.gettimeout() == 0.05
-            with pytest.raises(TimeoutError):
-                server.recv(10)
-            server.settimeout(None)
-            server.settimeout(None)
-            client.sendall(b'x')
-            assert server.recv(10) == b'x'  # blocking again
-            server.settimeout(0.05)
-            server.settimeout(None)  # the drain read nothing: blocking as before
-            assert server.gettimeout() is None
-            client.sendall(b'y')
-            assert server.recv(10) == b'y'
-            server.settimeout(0.05)
-            buffer = bytearray(10)
-            with pytest.raises(TimeoutError):
-                server.recv_into(buffer)
-            server.setblocking(True)
-            server.set_read_timeout(0.05)
-            started = time.monotonic()
-            with pytest.raises(TimeoutError):
-                server.recv(10)  # the kernel's read timeout, in blocking mode
-            assert time.monotonic() - started < 2.0
+    with _timed_pair() as (client, server):
+        server.setblocking(False)  # as gthread's poller
+        with pytest.raises(BlockingIOError):
+            server.recv(10)
+        server.setblocking(True)  # as gthread's thread, twice per request
+        server.setblocking(True)
+        assert server.gettimeout() is None
+        server.settimeout(0.05)  # as gunicorn's drain of an unread body (set at the next read or write)
+        assert server.gettimeout() == 0.05
+        with pytest.raises(TimeoutError):
+            server.recv(10)
+        server.settimeout(None)
+        server.settimeout(None)
+        client.sendall(b'x')
+        assert server.recv(10) == b'x'  # blocking again
+        server.settimeout(0.05)
+        server.settimeout(None)  # the drain read nothing: blocking as before
+        assert server.gettimeout() is None
+        client.sendall(b'y')
+        assert server.recv(10) == b'y'
+        server.settimeout(0.05)
+        buffer = bytearray(10)
+        with pytest.raises(TimeoutError):
+            server.recv_into(buffer)
+        server.setblocking(True)
+        server.set_read_timeout(0.05)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            server.recv(10)  # the kernel's read timeout, in blocking mode
+        assert time.monotonic() - started < 2.0
 
 
 def test_the_wait_for_a_kept_alive_clients_next_request_leaves_the_read_timeout_as_it_was() -> None:
-    with (
-        socket.create_server(('127.0.0.1', 0)) as listener,
-        socket.create_connection(listener.getsockname()[:2], timeout=5) as client,
-    ):
-        accepted, _ = listener.accept()
-        with _TimedSocket(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach()) as server:
-            server.set_read_timeout(0.5)
-            server.setblocking(True)
-            assert server.recv_next_request(0.01) is None  # none came: back to the poller
-            assert not server.timed_out
-            client.sendall(b'GET / HTTP/1.1\r\n')
-            assert _arrives(server, 1.0)
-            assert server.recv_next_request(0.01) == b'GET / HTTP/1.1\r\n'
-            started = time.monotonic()
-            with pytest.raises(TimeoutError):
-                server.recv(10)  # the rest of the request never comes: the read timeout, not the short wait
-            assert time.monotonic() - started > 0.3
-            client.close()
-            assert server.recv_next_request(1.0) == b''  # the client closed
+    with _timed_pair() as (client, server):
+        server.set_read_timeout(0.5)
+        server.setblocking(True)
+        assert server.recv_next_request(0.01) is None  # none came: back to the poller
+        assert not server.timed_out
+        client.sendall(b'GET / HTTP/1.1\r\n')
+        assert _arrives(server, 1.0)
+        assert server.recv_next_request(0.01) == b'GET / HTTP/1.1\r\n'
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            server.recv(10)  # the rest of the request never comes: the read timeout, not the short wait
+        assert time.monotonic() - started > 0.3
+        client.close()
+        assert server.recv_next_request(1.0) == b''  # the client closed
 
 
 def test_answers_without_a_body_are_not_held_on_a_kept_alive_connection(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import hashlib
 import random
 import socket
 import threading
-import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -163,6 +163,14 @@ def test_a_client_close_ends_receive_with_connection_closed() -> None:
         pair.close()
 
 
+def _blocked_in_recv(thread: threading.Thread) -> bool:
+    """Whether Linux has ``thread`` asleep in a system call other than a futex wait (its only other way to block
+    here is waiting for the GIL): in ``recv``."""
+    task = Path(f'/proc/self/task/{thread.native_id}')
+    sleeping = (task / 'stat').read_text().rsplit(')', 1)[1].split()[0] == 'S'
+    return sleeping and 'futex' not in (task / 'wchan').read_text()
+
+
 def test_closing_from_another_thread_wakes_a_receive_on_a_silent_connection() -> None:
     """engine.io's writer thread closes a session whose client vanished; the thread in receive() must return
     (engine.io's driver shuts the socket down after the close frame)."""
@@ -173,7 +181,8 @@ def test_closing_from_another_thread_wakes_a_receive_on_a_silent_connection() ->
     receiver = threading.Thread(target=lambda: outcome.append(driver.wait()), name='test-ws-receiver')
     receiver.start()
     try:
-        time.sleep(0.2)  # the receiver is in recv() on a connection where nothing comes
+        # the receiver blocks in recv() on a connection where nothing comes
+        wait_for(lambda: _blocked_in_recv(receiver), what='the receiver to block in recv()')
         assert receiver.is_alive()
         driver.close()
         receiver.join(5)
